@@ -393,7 +393,9 @@ StageMain.run(spec, parameters: Params.self) { ctx in
         log.append("val_micro_f1", valMetrics?.microF1 ?? .nan)
         log.append("lr", trainer.schedule.lr(atStep: max(trainer.step - 1, 0)))
         var line = "epoch \(epoch + 1)/\(p.epochs): loss \(String(format: "%.4f", lossSum / steps))"
-        for name in trainer.objective?.termNames ?? [] { line += " (\(name) \(String(format: "%.4g", (termSums[name] ?? .nan) / steps)))" }
+        if let names = trainer.objective?.termNames {
+            line += " (" + names.map { "\($0) \(String(format: "%.4g", (termSums[$0] ?? .nan) / steps))" }.joined(separator: ", ") + ")"
+        }
         line += ", train mAP \(String(format: "%.3f", trainMetrics.mAP)) F1 \(String(format: "%.3f", trainMetrics.macroF1))"
         if let valMetrics {
             line += ", val mAP \(String(format: "%.3f", valMetrics.mAP)) F1 \(String(format: "%.3f", valMetrics.macroF1)) (micro \(String(format: "%.3f", valMetrics.microF1)))"
