@@ -54,8 +54,15 @@
 /// **Composed losses.** ``TapeOf`` / ``VarOf``: a small reverse-mode tape over tensors (broadcasting
 /// + - * /, sigmoid, relu, exp, log, abs, sqrt, square, clamp, sum/mean over axes, min-max
 /// normalisation, softmax/logSoftmax, batched matmul, reshape/permute/gather/slice/flip/concat,
-/// L1, BCE with logits; `TokenOrder` flips of the patch grid). Leaves wrap model outputs; their
-/// gradients (`tape.grad(of:)`) feed `ViTOutputGrads`.
+/// L1, BCE with logits; `TokenOrder` flips and 90 degree rotation of the patch grid). Leaves wrap
+/// model outputs; their gradients (`tape.grad(of:)`) feed `ViTOutputGrads`.
+///
+/// **Training objectives.** `ClassifierTrainer(model:settings:objective:)` takes a
+/// ``TrainingObjective`` whose `contribute` runs after the batch's forward and classification
+/// losses: it may forward and back-propagate other inputs and adds gradients on the batch's
+/// outputs (`grads.attnProbs[l]`, ...); its named terms come back in `StepResult.terms`.
+/// ``ACRObjective`` (ACR): a ``ConsistencyView`` (flip, rot90) of the batch, its classification
+/// losses, and ``AttentionConsistency`` (L_act, L_aff over all layers, head-averaged).
 ///
 /// **Threading.** OpenBLAS owns its threads for the big products; the attention core spreads
 /// its (batch, head) products over our own threads with OpenBLAS pinned to one thread meanwhile

@@ -634,4 +634,19 @@ public enum TokenOrder {
         for y in 0..<gridH { for x in 0..<gridW { idx.append(c + (gridH - 1 - y) * gridW + x) } }
         return idx
     }
+
+    /// Token indices after a rotation of the image by 90 degrees counter-clockwise (as
+    /// `numpy.rot90` / `torch.rot90(k=1)` over (H, W)): gathering the rotated view's tokens with
+    /// them restores the original order. Patch (y, x) of a g x g grid lands at (g-1-x, y) of the
+    /// view. Square grids only: a rotated non-square image has another grid shape, which a
+    /// fixed-shape batch cannot hold.
+    public static func rotation90(gridH: Int, gridW: Int, classToken: Bool = true) throws -> [Int] {
+        guard gridH == gridW else {
+            throw EngineError("a 90 degree rotation view needs a square patch grid, got \(gridH)x\(gridW) (use a flip view for non-square images)")
+        }
+        let g = gridW, c = classToken ? 1 : 0
+        var idx = classToken ? [0] : []
+        for y in 0..<g { for x in 0..<g { idx.append(c + (g - 1 - x) * g + y) } }
+        return idx
+    }
 }

@@ -70,6 +70,13 @@ struct Params: StageParameters {
     var resume = false
     /// Store the AdamW moments so the run can be resumed (triples the file size).
     var saveOptimizerState = true
+    // Training objective: "baseline" (classification losses) or "acr" (ACR: a second view, its
+    // classification losses and the attention consistency of all layers, weights acr_alpha/acr_beta
+    // on the mean L1 terms as the paper's alpha = beta = 100).
+    var method = "baseline"
+    var acrView = "flip"
+    var acrAlpha = 100.0
+    var acrBeta = 100.0
 
     init() {}
 
@@ -82,6 +89,7 @@ struct Params: StageParameters {
         case normMean = "norm_mean", normStd = "norm_std", trainSplit = "train_split", valSplit = "val_split"
         case maxTrainImages = "max_train_images", maxValImages = "max_val_images", seed, threads, resume
         case saveOptimizerState = "save_optimizer_state"
+        case method, acrView = "acr_view", acrAlpha = "acr_alpha", acrBeta = "acr_beta"
     }
 
     var augmentation: AugmentationSettings {
@@ -108,6 +116,19 @@ struct Params: StageParameters {
         do { try augmentation.validate() } catch { throw StageError("\(error)") }
         guard ["trunc_normal", "xavier"].contains(initScheme) else {
             throw StageError("init_scheme must be trunc_normal or xavier, got '\(initScheme)'")
+        }
+        guard ["baseline", "acr"].contains(method) else { throw StageError("method must be baseline or acr, got '\(method)'") }
+        guard ConsistencyView(rawValue: acrView) != nil else {
+            throw StageError("acr_view must be one of \(ConsistencyView.allCases.map(\.rawValue)), got '\(acrView)'")
+        }
+        guard acrAlpha >= 0, acrBeta >= 0, acrAlpha.isFinite, acrBeta.isFinite else { throw StageError("acr_alpha and acr_beta must be finite and >= 0") }
+    }
+
+    /// The objective `method` selects (nil for the baseline).
+    func objective() -> TrainingObjective? {
+        switch method {
+        case "acr": return ACRObjective(view: ConsistencyView(rawValue: acrView)!, alpha: acrAlpha, beta: acrBeta)
+        default: return nil
         }
     }
 }
@@ -256,7 +277,8 @@ StageMain.run(spec, parameters: Params.self) { ctx in
         if p.initScheme == "xavier" { ViTInitialization.xavierUniform(model, seed: UInt64(p.seed)) }
     }
     config = model.config
-    let trainer = ClassifierTrainer(model: model, settings: settings)
+    let trainer = ClassifierTrainer(model: model, settings: settings, objective: p.objective())
+    if p.method != "baseline" { ctx.log.info("method \(p.method): view \(p.acrView), alpha \(p.acrAlpha), beta \(p.acrBeta)") }
     if p.resume {
         guard let checkpoint = initCheckpoint else { throw StageError("resume=true needs an init checkpoint: pass --in init=PATH") }
         guard checkpoint.hasOptimizerState else {
@@ -284,6 +306,15 @@ StageMain.run(spec, parameters: Params.self) { ctx in
                 }
                 ema.load(index, from: values)
             }
+        }
+        // The objective's per-epoch terms continue the stored log, so it must be the same one.
+        let storedParams = (try? JSONSerialization.jsonObject(with: Data(checkpoint.reader.provenance.paramsJSON.utf8))) as? [String: Any] ?? [:]
+        func storedText(_ key: String) -> String? { storedParams[key] as? String }
+        func storedNumber(_ key: String) -> Double? { (storedParams[key] as? NSNumber)?.doubleValue }
+        let sameObjective = (storedText("method") ?? "baseline") == p.method
+            && (p.method == "baseline" || (storedText("acr_view") == p.acrView && storedNumber("acr_alpha") == p.acrAlpha && storedNumber("acr_beta") == p.acrBeta))
+        guard sameObjective else {
+            throw StageError("\(checkpoint.path): resuming needs the same training objective; the checkpoint was trained with method=\(storedText("method") ?? "baseline") acr_view=\(storedText("acr_view") ?? "-") acr_alpha=\(storedNumber("acr_alpha").map { "\($0)" } ?? "-") acr_beta=\(storedNumber("acr_beta").map { "\($0)" } ?? "-"), the parameters give method=\(p.method) acr_view=\(p.acrView) acr_alpha=\(p.acrAlpha) acr_beta=\(p.acrBeta)")
         }
         log = try TrainingLog.read(from: checkpoint.reader.root)
         startEpoch = try checkpoint.int("epochs_completed")
@@ -329,6 +360,7 @@ StageMain.run(spec, parameters: Params.self) { ctx in
         var shuffle = TrainingRandom(seed: UInt64(p.seed), stream: UInt64(epoch), index: UInt64.max)
         for i in stride(from: order.count - 1, to: 0, by: -1) { order.swapAt(i, shuffle.int(in: 0...i)) }
         var lossSum = 0.0, camSum = 0.0, clsSum = 0.0
+        var termSums: [String: Double] = [:]
         var seenScores: [Float] = [], seenLabels: [Float] = []
         seenScores.reserveCapacity(stepsPerEpoch * batch * classes)
         for s in 0..<stepsPerEpoch {
@@ -347,6 +379,7 @@ StageMain.run(spec, parameters: Params.self) { ctx in
             lossSum += result.loss
             camSum += result.camLoss
             clsSum += result.clsLoss
+            for (name, value) in result.terms { termSums[name, default: 0] += value }
             log.stepLoss.append(result.loss)
             seenScores += batchScores
             seenLabels += batchLabels
@@ -359,13 +392,18 @@ StageMain.run(spec, parameters: Params.self) { ctx in
         log.append("epoch_loss", lossSum / steps)
         log.append("epoch_cam_loss", camSum / steps)
         log.append("epoch_cls_loss", clsSum / steps)
+        for name in trainer.objective?.termNames ?? [] { log.append("epoch_\(name)", (termSums[name] ?? .nan) / steps) }
         log.append("train_map", trainMetrics.mAP)
         log.append("train_f1", trainMetrics.macroF1)
         log.append("val_map", valMetrics?.mAP ?? .nan)
         log.append("val_f1", valMetrics?.macroF1 ?? .nan)
         log.append("val_micro_f1", valMetrics?.microF1 ?? .nan)
         log.append("lr", trainer.schedule.lr(atStep: max(trainer.step - 1, 0)))
-        var line = "epoch \(epoch + 1)/\(p.epochs): loss \(String(format: "%.4f", lossSum / steps)), train mAP \(String(format: "%.3f", trainMetrics.mAP)) F1 \(String(format: "%.3f", trainMetrics.macroF1))"
+        var line = "epoch \(epoch + 1)/\(p.epochs): loss \(String(format: "%.4f", lossSum / steps))"
+        if let names = trainer.objective?.termNames {
+            line += " (" + names.map { "\($0) \(String(format: "%.4g", (termSums[$0] ?? .nan) / steps))" }.joined(separator: ", ") + ")"
+        }
+        line += ", train mAP \(String(format: "%.3f", trainMetrics.mAP)) F1 \(String(format: "%.3f", trainMetrics.macroF1))"
         if let valMetrics {
             line += ", val mAP \(String(format: "%.3f", valMetrics.mAP)) F1 \(String(format: "%.3f", valMetrics.macroF1)) (micro \(String(format: "%.3f", valMetrics.microF1)))"
         }
