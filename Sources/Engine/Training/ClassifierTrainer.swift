@@ -26,6 +26,14 @@ public struct OptimizerSettings: Codable, Equatable, Sendable {
     }
 }
 
+/// An extra training objective on the classifier's own forward (AReAM's attention affinity):
+/// it may add gradients to any of the forward's outputs (e.g. `grads.attnLogits`) and returns
+/// its weighted loss, which joins the step's total. Called after the classification loss.
+public protocol AuxiliaryObjective: AnyObject {
+    func contribute(images: Tensor, labels: UnsafePointer<Float>, activations: ViTActivations,
+                    grads: inout ViTOutputGrads) throws -> Double
+}
+
 /// One training step of the ViT classifier (both heads, multi-label soft margin on each):
 /// forward, loss, backward, gradient clipping, AdamW with parameter groups and the warm-up +
 /// cosine schedule, EMA. Shared by `classify-train` and the benchmark so that the benchmark
@@ -37,6 +45,8 @@ public final class ClassifierTrainer {
         public var clsLoss: Double
         public var gradNorm: Double
         public var lr: Double
+        /// The auxiliary objective's weighted loss (0 without one); included in `loss`.
+        public var auxiliaryLoss: Double = 0
     }
 
     public let model: ViT
@@ -69,9 +79,10 @@ public final class ClassifierTrainer {
 
     /// One optimisation step on images [B, S, S, 3] (normalised) and multi-hot labels [B, C].
     /// Throws, naming the step, when the loss or the gradient is NaN or infinite; the weights
-    /// are then left as they were before the step.
+    /// are then left as they were before the step. `auxiliary` adds its objective to this step.
     @discardableResult
-    public func trainStep(images: Tensor, labels: UnsafePointer<Float>, scores: UnsafeMutablePointer<Float>? = nil) throws -> StepResult {
+    public func trainStep(images: Tensor, labels: UnsafePointer<Float>, scores: UnsafeMutablePointer<Float>? = nil,
+                          auxiliary: AuxiliaryObjective? = nil) throws -> StepResult {
         let batch = images.shape[0], classes = model.config.numClasses
         model.zeroGrad()
         let acts = model.forward(images: images, training: true, reuse: activations)
@@ -87,12 +98,14 @@ public final class ClassifierTrainer {
             logits: acts.camLogits.data, labels: labels, batch: batch, classes: classes, gradient: gCam.data)
         let clsLoss = ClassificationLoss.multilabelSoftMargin(
             logits: acts.clsLogits.data, labels: labels, batch: batch, classes: classes, gradient: gCls.data)
-        let loss = camLoss + clsLoss
+        var grads = ViTOutputGrads(camLogits: gCam, clsLogits: gCls)
+        let auxiliaryLoss = try auxiliary?.contribute(images: images, labels: labels, activations: acts, grads: &grads) ?? 0
+        let loss = camLoss + clsLoss + auxiliaryLoss
         if let scores { Self.scores(cam: acts.camLogits.data, cls: acts.clsLogits.data, count: batch * classes, into: scores) }
         guard loss.isFinite else {
-            throw TrainingError("loss became \(loss.isNaN ? "NaN" : "infinite") at optimiser step \(step + 1) (cam \(camLoss), cls \(clsLoss))")
+            throw TrainingError("loss became \(loss.isNaN ? "NaN" : "infinite") at optimiser step \(step + 1) (cam \(camLoss), cls \(clsLoss), auxiliary \(auxiliaryLoss))")
         }
-        model.backward(acts, ViTOutputGrads(camLogits: gCam, clsLogits: gCls))
+        model.backward(acts, grads)
         let params = model.parameters
         let norm = GradientTools.clipByGlobalNorm(params.map { ($0.grad.data, $0.grad.count) }, maxNorm: settings.clipGradNorm)
         guard norm.isFinite else {
@@ -101,7 +114,7 @@ public final class ClassifierTrainer {
         let lr = schedule.lr(atStep: step)
         optimizer.step(values: params.map(\.value.data), gradients: params.map { UnsafePointer($0.grad.data) }, lr: lr)
         ema?.update(from: params.map { UnsafePointer($0.value.data) }, decay: settings.emaDecay)
-        return StepResult(loss: loss, camLoss: camLoss, clsLoss: clsLoss, gradNorm: norm, lr: lr)
+        return StepResult(loss: loss, camLoss: camLoss, clsLoss: clsLoss, gradNorm: norm, lr: lr, auxiliaryLoss: auxiliaryLoss)
     }
 
     /// Class probabilities used for metrics: the mean of the two heads' sigmoids.
