@@ -15,6 +15,7 @@ import Dispatch
 import Engine
 import Foundation
 import Imaging
+import Localization
 import StageKit
 
 let blasLine = BLASCorePolicy.apply()  // may re-execute with AVX-512 OpenBLAS kernels
@@ -67,6 +68,19 @@ struct Params: StageParameters {
     var resume = false
     /// Store the AdamW moments so the run can be resumed (triples the file size).
     var saveOptimizerState = true
+    // Training objective: "baseline" (classification only) or "areaM" (plus AReAM's attention
+    // affinity term, AReAMObjective.swift).
+    var method = "baseline"
+    /// Supervised layers (negative = from the end); empty = from depth * 7 / 12 on (the code's 7-11 of 12).
+    var areamLayers: [Int] = []
+    /// alpha1 < alpha2: background scores below which a pixel is background / above which its class wins.
+    var areamLowThreshold = 0.35
+    var areamHighThreshold = 0.55
+    var areamLossWeight = 0.1
+    /// Classification-only epochs before the affinity term starts; -1 = epochs / 6, rounded (the code's 10 of 60).
+    var areamWarmupEpochs = -1
+    /// Layer weights: "code" (batch-mean entropies, min-max normalised across layers) or "paper" (eq. 8 / 16 per image).
+    var areamWeighting = "code"
 
     init() {}
 
@@ -79,7 +93,13 @@ struct Params: StageParameters {
         case normMean = "norm_mean", normStd = "norm_std", trainSplit = "train_split", valSplit = "val_split"
         case maxTrainImages = "max_train_images", maxValImages = "max_val_images", seed, threads, resume
         case saveOptimizerState = "save_optimizer_state"
+        case method, areamLayers = "aream_layers", areamLowThreshold = "aream_low_threshold"
+        case areamHighThreshold = "aream_high_threshold", areamLossWeight = "aream_loss_weight"
+        case areamWarmupEpochs = "aream_warmup_epochs", areamWeighting = "aream_weighting"
     }
+
+    /// Resolved AReAM warm-up in epochs.
+    var areamWarmup: Int { areamWarmupEpochs >= 0 ? areamWarmupEpochs : Int((Double(epochs) / 6).rounded()) }
 
     var augmentation: AugmentationSettings {
         AugmentationSettings(scaleMin: scaleMin, scaleMax: scaleMax, flip: flip,
@@ -103,6 +123,20 @@ struct Params: StageParameters {
         }
         guard threads >= 0, maxTrainImages >= 0, maxValImages >= 0 else { throw StageError("threads and max_*_images must be >= 0") }
         do { try augmentation.validate() } catch { throw StageError("\(error)") }
+        guard ["baseline", "areaM"].contains(method) else { throw StageError("method must be 'baseline' or 'areaM', got '\(method)'") }
+        if method == "areaM" {
+            guard 0 < areamLowThreshold, areamLowThreshold < areamHighThreshold, areamHighThreshold < 1 else {
+                throw StageError("aream thresholds need 0 < aream_low_threshold < aream_high_threshold < 1, got \(areamLowThreshold) and \(areamHighThreshold)")
+            }
+            guard areamLossWeight >= 0, areamLossWeight.isFinite else { throw StageError("aream_loss_weight must be >= 0, got \(areamLossWeight)") }
+            guard areamWarmupEpochs >= -1 else { throw StageError("aream_warmup_epochs must be >= 0 (or -1 for epochs / 6), got \(areamWarmupEpochs)") }
+            guard areamWarmup < epochs else {
+                throw StageError("aream_warmup_epochs \(areamWarmup) leaves none of the \(epochs) epochs with the affinity term; lower it or raise epochs")
+            }
+            guard AReAMWeighting(rawValue: areamWeighting) != nil else {
+                throw StageError("aream_weighting must be 'code' or 'paper', got '\(areamWeighting)'")
+            }
+        }
     }
 }
 
@@ -250,6 +284,17 @@ StageMain.run(spec, parameters: Params.self) { ctx in
     }
     config = model.config
     let trainer = ClassifierTrainer(model: model, settings: settings)
+    var areaM: AReAMObjective?
+    if p.method == "areaM" {
+        let requested = p.areamLayers.isEmpty ? AReAMObjective.defaultLayers(depth: config.depth) : p.areamLayers
+        let layers: [Int]
+        do { layers = try LayerSelection.resolve(requested, layers: config.depth, parameter: "aream_layers") } catch { throw StageError("\(error)") }
+        guard !layers.isEmpty else { throw StageError("aream_layers selects no layer of the \(config.depth)") }
+        areaM = AReAMObjective(labels: AReAMTrainingLabels(lowThreshold: Float(p.areamLowThreshold), highThreshold: Float(p.areamHighThreshold),
+                                                           weighting: AReAMWeighting(rawValue: p.areamWeighting)!),
+                               layers: layers, lossWeight: p.areamLossWeight)
+        ctx.log.info("areaM: affinity term on layers \(layers) with weight \(p.areamLossWeight) after \(p.areamWarmup) warm-up epochs, \(p.areamWeighting) weighting, thresholds \(p.areamLowThreshold)/\(p.areamHighThreshold)")
+    }
     if p.resume {
         guard let checkpoint = initCheckpoint else { throw StageError("resume=true needs an init checkpoint: pass --in init=PATH") }
         guard checkpoint.hasOptimizerState else {
@@ -324,6 +369,7 @@ StageMain.run(spec, parameters: Params.self) { ctx in
         var lossSum = 0.0, camSum = 0.0, clsSum = 0.0
         var seenScores: [Float] = [], seenLabels: [Float] = []
         seenScores.reserveCapacity(stepsPerEpoch * batch * classes)
+        let auxiliary = epoch >= p.areamWarmup ? areaM : nil
         for s in 0..<stepsPerEpoch {
             try train.fill(order[(s * batch)..<((s + 1) * batch)], order: order, images: images, batchLabels: &batchLabels,
                            augmentation: augmentation, seed: UInt64(p.seed), epoch: epoch)
@@ -331,7 +377,7 @@ StageMain.run(spec, parameters: Params.self) { ctx in
             do {
                 result = try batchLabels.withUnsafeBufferPointer { labels in
                     try batchScores.withUnsafeMutableBufferPointer { scores in
-                        try trainer.trainStep(images: images, labels: labels.baseAddress!, scores: scores.baseAddress!)
+                        try trainer.trainStep(images: images, labels: labels.baseAddress!, scores: scores.baseAddress!, auxiliary: auxiliary)
                     }
                 }
             } catch let error as TrainingError {
@@ -358,7 +404,16 @@ StageMain.run(spec, parameters: Params.self) { ctx in
         log.append("val_f1", valMetrics?.macroF1 ?? .nan)
         log.append("val_micro_f1", valMetrics?.microF1 ?? .nan)
         log.append("lr", trainer.schedule.lr(atStep: max(trainer.step - 1, 0)))
-        var line = "epoch \(epoch + 1)/\(p.epochs): loss \(String(format: "%.4f", lossSum / steps)), train mAP \(String(format: "%.3f", trainMetrics.mAP)) F1 \(String(format: "%.3f", trainMetrics.macroF1))"
+        var line = "epoch \(epoch + 1)/\(p.epochs): loss \(String(format: "%.4f", lossSum / steps))"
+        if let areaM {
+            // Before the layer weights' lossWeight; 0 during the warm-up.
+            let summary = areaM.takeEpochSummary()
+            log.append("epoch_aff_loss", summary.loss)
+            log.append("aff_positive_fraction", summary.positiveFraction)
+            log.append("aff_ignored_fraction", summary.ignoredFraction)
+            line += auxiliary == nil ? " (affinity term in warm-up)" : String(format: " (affinity %.4f, pairs %.0f%% positive, %.0f%% ignored)", summary.loss, 100 * summary.positiveFraction, 100 * summary.ignoredFraction)
+        }
+        line += ", train mAP \(String(format: "%.3f", trainMetrics.mAP)) F1 \(String(format: "%.3f", trainMetrics.macroF1))"
         if let valMetrics {
             line += ", val mAP \(String(format: "%.3f", valMetrics.mAP)) F1 \(String(format: "%.3f", valMetrics.macroF1)) (micro \(String(format: "%.3f", valMetrics.microF1)))"
         }
@@ -381,6 +436,7 @@ StageMain.run(spec, parameters: Params.self) { ctx in
     try Checkpoint.writeJSON(root, "optimizer", settings)
     try Checkpoint.writeJSON(root, "augmentation", augmentation)
     try root.setAttribute("seed", Int64(p.seed))
+    try root.setAttribute("method", p.method)
     try root.setAttribute("epochs_completed", Int64(p.epochs))
     try root.setAttribute("steps_completed", Int64(trainer.step))
     try root.setAttribute("train_images", Int64(train.count))
