@@ -60,7 +60,8 @@ public struct AReAMTrainingLabels: Sendable {
     /// - code: H(l) / log n averaged over the batch's images with classes (the code averages over
     ///   the training set; online, the batch stands in for it), min-max normalised across the
     ///   layers (`AReAMWeights.code`); fusion weight = 1 - that, loss weight = that.
-    /// Without any image with classes, every weight is equal (fusion) or 1 (loss).
+    /// Without any image with classes, or with equal entropies under `code`, every weight is equal
+    /// (fusion) or 1 (loss).
     public func make(_ images: [Image], grid: Int, layers: Int) -> Batch {
         let B = images.count, n = grid * grid
         for image in images {
@@ -100,7 +101,9 @@ public struct AReAMTrainingLabels: Sendable {
                 let w = AReAMWeights.code(meanEntropies: mean.map { $0 / Double(withClasses.count) })
                 let total = w.reduce(0, +)
                 for b in 0..<B { fusion[b] = w.map { $0 / total } }
-                lossWeights = w.map { 1 - $0 }
+                // Equal entropies (all weights 1, e.g. a single layer) prefer no layer: keep every
+                // loss weight at 1 rather than switching the term off.
+                if w.contains(where: { $0 != 1 }) { lossWeights = w.map { 1 - $0 } }
             }
         }
 

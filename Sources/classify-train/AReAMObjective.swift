@@ -13,7 +13,7 @@ final class AReAMObjective: AuxiliaryObjective {
     private var gradients: [Int: Tensor] = [:]
 
     /// Sums over the steps since the last `takeEpochSummary`.
-    private var lossSum = 0.0, steps = 0, positives = 0, negatives = 0, pairs = 0
+    private var lossSum = 0.0, steps = 0, positives = 0, negatives = 0, pairs = 0, seconds = 0.0
 
     init(labels: AReAMTrainingLabels, layers: [Int], lossWeight: Double) {
         precondition(!layers.isEmpty)
@@ -27,6 +27,8 @@ final class AReAMObjective: AuxiliaryObjective {
 
     func contribute(images: Tensor, labels multiHot: UnsafePointer<Float>, activations acts: ViTActivations,
                     grads: inout ViTOutputGrads) throws -> Double {
+        let started = Date()
+        defer { seconds += Date().timeIntervalSince(started) }
         let B = images.shape[0], S = images.shape[1]
         let L = acts.attnProbs.count, H = acts.attnProbs[0].shape[1], T = acts.attnProbs[0].shape[2]
         let n = T - 1, C = acts.patchScores.shape[2]
@@ -95,13 +97,15 @@ final class AReAMObjective: AuxiliaryObjective {
         var loss: Double
         var positiveFraction: Double
         var ignoredFraction: Double
+        /// Wall time spent making labels and the loss (the objective's cost per epoch).
+        var seconds: Double
     }
 
     /// The summary of the steps since the last call, then resets.
     func takeEpochSummary() -> EpochSummary {
-        defer { lossSum = 0; steps = 0; positives = 0; negatives = 0; pairs = 0 }
-        guard steps > 0, pairs > 0 else { return EpochSummary(loss: 0, positiveFraction: 0, ignoredFraction: 0) }
+        defer { lossSum = 0; steps = 0; positives = 0; negatives = 0; pairs = 0; seconds = 0 }
+        guard steps > 0, pairs > 0 else { return EpochSummary(loss: 0, positiveFraction: 0, ignoredFraction: 0, seconds: 0) }
         return EpochSummary(loss: lossSum / Double(steps), positiveFraction: Double(positives) / Double(pairs),
-                            ignoredFraction: Double(pairs - positives - negatives) / Double(pairs))
+                            ignoredFraction: Double(pairs - positives - negatives) / Double(pairs), seconds: seconds)
     }
 }

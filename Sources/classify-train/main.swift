@@ -411,7 +411,8 @@ StageMain.run(spec, parameters: Params.self) { ctx in
             log.append("epoch_aff_loss", summary.loss)
             log.append("aff_positive_fraction", summary.positiveFraction)
             log.append("aff_ignored_fraction", summary.ignoredFraction)
-            line += auxiliary == nil ? " (affinity term in warm-up)" : String(format: " (affinity %.4f, pairs %.0f%% positive, %.0f%% ignored)", summary.loss, 100 * summary.positiveFraction, 100 * summary.ignoredFraction)
+            log.append("aff_seconds", summary.seconds)
+            line += auxiliary == nil ? " (affinity term in warm-up)" : String(format: " (affinity %.4f, pairs %.0f%% positive, %.0f%% ignored, %.1f s)", summary.loss, 100 * summary.positiveFraction, 100 * summary.ignoredFraction, summary.seconds)
         }
         line += ", train mAP \(String(format: "%.3f", trainMetrics.mAP)) F1 \(String(format: "%.3f", trainMetrics.macroF1))"
         if let valMetrics {

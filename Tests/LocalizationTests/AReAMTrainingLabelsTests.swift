@@ -100,6 +100,11 @@ final class AReAMTrainingLabelsTests: XCTestCase {
         let code = AReAMTrainingLabels(weighting: .code).make([image], grid: Self.grid, layers: 2)
         XCTAssertEqual(code.fusionWeights[0], [1, 0])   // min-max: the flat layer weighs nothing
         XCTAssertEqual(code.lossWeights, [0, 1])         // and is the one supervised
+        // One layer (or equal entropies): nothing to normalise, the term stays on.
+        let single = AReAMTrainingLabels.Image(classes: [1], cams: cam, attention: Self.identity, pixels: Self.halves, size: Self.size)
+        let one = AReAMTrainingLabels(weighting: .code).make([single], grid: Self.grid, layers: 1)
+        XCTAssertEqual(one.fusionWeights[0], [1])
+        XCTAssertEqual(one.lossWeights, [1])
 
         let paper = AReAMTrainingLabels(weighting: .paper).make([image, image], grid: Self.grid, layers: 2)
         XCTAssertEqual(paper.fusionWeights[0], [1, 0])   // w(uniform) = 1 - 1 = 0, normalised to sum 1
