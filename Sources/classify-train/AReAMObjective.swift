@@ -5,30 +5,36 @@ import Engine
 import Foundation
 import Localization
 
-final class AReAMObjective: AuxiliaryObjective {
+final class AReAMObjective: TrainingObjective {
     let labels: AReAMTrainingLabels
     /// Layers whose attention logits are supervised (resolved indices).
     let layers: [Int]
     let lossWeight: Double
+    /// Classification-only optimiser steps before the term starts.
+    let warmupSteps: Int
     private var gradients: [Int: Tensor] = [:]
 
-    /// Sums over the steps since the last `takeEpochSummary`.
-    private var lossSum = 0.0, steps = 0, positives = 0, negatives = 0, pairs = 0, seconds = 0.0
-
-    init(labels: AReAMTrainingLabels, layers: [Int], lossWeight: Double) {
+    init(labels: AReAMTrainingLabels, layers: [Int], lossWeight: Double, warmupSteps: Int) {
         precondition(!layers.isEmpty)
         self.labels = labels
         self.layers = layers
         self.lossWeight = lossWeight
+        self.warmupSteps = warmupSteps
     }
 
     /// Default supervised layers: the code's 7-11 of 12, i.e. from depth * 7 / 12 to the last.
     static func defaultLayers(depth: Int) -> [Int] { Array((depth * 7 / 12)..<depth) }
 
-    func contribute(images: Tensor, labels multiHot: UnsafePointer<Float>, activations acts: ViTActivations,
-                    grads: inout ViTOutputGrads) throws -> Double {
+    /// aff_loss: the layer-weighted eq. 15 before `lossWeight` (0 during the warm-up); the
+    /// fractions of the batch's token pairs that are positive and ignored; the seconds spent.
+    let termNames = ["aff_loss", "aff_positive_fraction", "aff_ignored_fraction", "aff_seconds"]
+
+    func contribute(model: ViT, images: Tensor, labels multiHot: UnsafePointer<Float>, activations acts: ViTActivations,
+                    grads: inout ViTOutputGrads, step: Int) throws -> ObjectiveContribution {
+        guard step >= warmupSteps else {
+            return ObjectiveContribution(loss: 0, terms: Dictionary(uniqueKeysWithValues: termNames.map { ($0, 0) }))
+        }
         let started = Date()
-        defer { seconds += Date().timeIntervalSince(started) }
         let B = images.shape[0], S = images.shape[1]
         let L = acts.attnProbs.count, H = acts.attnProbs[0].shape[1], T = acts.attnProbs[0].shape[2]
         let n = T - 1, C = acts.patchScores.shape[2]
@@ -84,28 +90,12 @@ final class AReAMObjective: AuxiliaryObjective {
                 counted = (result.positives, result.negatives)
             }
         }
-        lossSum += total
-        steps += 1
-        positives += counted.positives
-        negatives += counted.negatives
-        pairs += B * n * n
-        return lossWeight * total
-    }
-
-    struct EpochSummary {
-        /// Mean over steps of the layer-weighted affinity loss, before `lossWeight` (0 without steps).
-        var loss: Double
-        var positiveFraction: Double
-        var ignoredFraction: Double
-        /// Wall time spent making labels and the loss (the objective's cost per epoch).
-        var seconds: Double
-    }
-
-    /// The summary of the steps since the last call, then resets.
-    func takeEpochSummary() -> EpochSummary {
-        defer { lossSum = 0; steps = 0; positives = 0; negatives = 0; pairs = 0; seconds = 0 }
-        guard steps > 0, pairs > 0 else { return EpochSummary(loss: 0, positiveFraction: 0, ignoredFraction: 0, seconds: 0) }
-        return EpochSummary(loss: lossSum / Double(steps), positiveFraction: Double(positives) / Double(pairs),
-                            ignoredFraction: Double(pairs - positives - negatives) / Double(pairs), seconds: seconds)
+        let pairs = Double(B * n * n)
+        return ObjectiveContribution(loss: lossWeight * total, terms: [
+            "aff_loss": total,
+            "aff_positive_fraction": Double(counted.positives) / pairs,
+            "aff_ignored_fraction": (pairs - Double(counted.positives + counted.negatives)) / pairs,
+            "aff_seconds": Date().timeIntervalSince(started),
+        ])
     }
 }

@@ -68,8 +68,8 @@ struct Params: StageParameters {
     var resume = false
     /// Store the AdamW moments so the run can be resumed (triples the file size).
     var saveOptimizerState = true
-    // Training objective: "baseline" (classification only) or "areaM" (plus AReAM's attention
-    // affinity term, AReAMObjective.swift).
+    // Training objective: "baseline" (classification losses) or "areaM" (plus AReAM's attention
+    // affinity term on the deep layers after a warm-up, AReAMObjective.swift).
     var method = "baseline"
     /// Supervised layers (negative = from the end); empty = from depth * 7 / 12 on (the code's 7-11 of 12).
     var areamLayers: [Int] = []
@@ -137,6 +137,16 @@ struct Params: StageParameters {
                 throw StageError("aream_weighting must be 'code' or 'paper', got '\(areamWeighting)'")
             }
         }
+    }
+
+    /// AReAM's objective for a model of `depth` layers trained `stepsPerEpoch` steps an epoch.
+    func areaMObjective(depth: Int, stepsPerEpoch: Int) throws -> AReAMObjective {
+        let requested = areamLayers.isEmpty ? AReAMObjective.defaultLayers(depth: depth) : areamLayers
+        let layers: [Int]
+        do { layers = try LayerSelection.resolve(requested, layers: depth, parameter: "aream_layers") } catch { throw StageError("\(error)") }
+        return AReAMObjective(labels: AReAMTrainingLabels(lowThreshold: Float(areamLowThreshold), highThreshold: Float(areamHighThreshold),
+                                                          weighting: AReAMWeighting(rawValue: areamWeighting)!),
+                              layers: layers, lossWeight: areamLossWeight, warmupSteps: areamWarmup * stepsPerEpoch)
     }
 }
 
@@ -283,17 +293,10 @@ StageMain.run(spec, parameters: Params.self) { ctx in
         model = try ViT(config: config, seed: UInt64(p.seed))
     }
     config = model.config
-    let trainer = ClassifierTrainer(model: model, settings: settings)
-    var areaM: AReAMObjective?
-    if p.method == "areaM" {
-        let requested = p.areamLayers.isEmpty ? AReAMObjective.defaultLayers(depth: config.depth) : p.areamLayers
-        let layers: [Int]
-        do { layers = try LayerSelection.resolve(requested, layers: config.depth, parameter: "aream_layers") } catch { throw StageError("\(error)") }
-        guard !layers.isEmpty else { throw StageError("aream_layers selects no layer of the \(config.depth)") }
-        areaM = AReAMObjective(labels: AReAMTrainingLabels(lowThreshold: Float(p.areamLowThreshold), highThreshold: Float(p.areamHighThreshold),
-                                                           weighting: AReAMWeighting(rawValue: p.areamWeighting)!),
-                               layers: layers, lossWeight: p.areamLossWeight)
-        ctx.log.info("areaM: affinity term on layers \(layers) with weight \(p.areamLossWeight) after \(p.areamWarmup) warm-up epochs, \(p.areamWeighting) weighting, thresholds \(p.areamLowThreshold)/\(p.areamHighThreshold)")
+    let objective: TrainingObjective? = p.method == "areaM" ? try p.areaMObjective(depth: config.depth, stepsPerEpoch: stepsPerEpoch) : nil
+    let trainer = ClassifierTrainer(model: model, settings: settings, objective: objective)
+    if let areaM = objective as? AReAMObjective {
+        ctx.log.info("areaM: affinity term on layers \(areaM.layers) with weight \(p.areamLossWeight) after \(p.areamWarmup) warm-up epochs, \(p.areamWeighting) weighting, thresholds \(p.areamLowThreshold)/\(p.areamHighThreshold)")
     }
     if p.resume {
         guard let checkpoint = initCheckpoint else { throw StageError("resume=true needs an init checkpoint: pass --in init=PATH") }
@@ -367,9 +370,9 @@ StageMain.run(spec, parameters: Params.self) { ctx in
         var shuffle = TrainingRandom(seed: UInt64(p.seed), stream: UInt64(epoch), index: UInt64.max)
         for i in stride(from: order.count - 1, to: 0, by: -1) { order.swapAt(i, shuffle.int(in: 0...i)) }
         var lossSum = 0.0, camSum = 0.0, clsSum = 0.0
+        var termSums: [String: Double] = [:]
         var seenScores: [Float] = [], seenLabels: [Float] = []
         seenScores.reserveCapacity(stepsPerEpoch * batch * classes)
-        let auxiliary = epoch >= p.areamWarmup ? areaM : nil
         for s in 0..<stepsPerEpoch {
             try train.fill(order[(s * batch)..<((s + 1) * batch)], order: order, images: images, batchLabels: &batchLabels,
                            augmentation: augmentation, seed: UInt64(p.seed), epoch: epoch)
@@ -377,7 +380,7 @@ StageMain.run(spec, parameters: Params.self) { ctx in
             do {
                 result = try batchLabels.withUnsafeBufferPointer { labels in
                     try batchScores.withUnsafeMutableBufferPointer { scores in
-                        try trainer.trainStep(images: images, labels: labels.baseAddress!, scores: scores.baseAddress!, auxiliary: auxiliary)
+                        try trainer.trainStep(images: images, labels: labels.baseAddress!, scores: scores.baseAddress!)
                     }
                 }
             } catch let error as TrainingError {
@@ -386,6 +389,7 @@ StageMain.run(spec, parameters: Params.self) { ctx in
             lossSum += result.loss
             camSum += result.camLoss
             clsSum += result.clsLoss
+            for (name, value) in result.terms { termSums[name, default: 0] += value }
             log.stepLoss.append(result.loss)
             seenScores += batchScores
             seenLabels += batchLabels
@@ -398,6 +402,7 @@ StageMain.run(spec, parameters: Params.self) { ctx in
         log.append("epoch_loss", lossSum / steps)
         log.append("epoch_cam_loss", camSum / steps)
         log.append("epoch_cls_loss", clsSum / steps)
+        for name in trainer.objective?.termNames ?? [] { log.append("epoch_\(name)", (termSums[name] ?? .nan) / steps) }
         log.append("train_map", trainMetrics.mAP)
         log.append("train_f1", trainMetrics.macroF1)
         log.append("val_map", valMetrics?.mAP ?? .nan)
@@ -405,14 +410,8 @@ StageMain.run(spec, parameters: Params.self) { ctx in
         log.append("val_micro_f1", valMetrics?.microF1 ?? .nan)
         log.append("lr", trainer.schedule.lr(atStep: max(trainer.step - 1, 0)))
         var line = "epoch \(epoch + 1)/\(p.epochs): loss \(String(format: "%.4f", lossSum / steps))"
-        if let areaM {
-            // Before the layer weights' lossWeight; 0 during the warm-up.
-            let summary = areaM.takeEpochSummary()
-            log.append("epoch_aff_loss", summary.loss)
-            log.append("aff_positive_fraction", summary.positiveFraction)
-            log.append("aff_ignored_fraction", summary.ignoredFraction)
-            log.append("aff_seconds", summary.seconds)
-            line += auxiliary == nil ? " (affinity term in warm-up)" : String(format: " (affinity %.4f, pairs %.0f%% positive, %.0f%% ignored, %.1f s)", summary.loss, 100 * summary.positiveFraction, 100 * summary.ignoredFraction, summary.seconds)
+        if let names = trainer.objective?.termNames {
+            line += " (" + names.map { "\($0) \(String(format: "%.4g", (termSums[$0] ?? .nan) / steps))" }.joined(separator: ", ") + ")"
         }
         line += ", train mAP \(String(format: "%.3f", trainMetrics.mAP)) F1 \(String(format: "%.3f", trainMetrics.macroF1))"
         if let valMetrics {

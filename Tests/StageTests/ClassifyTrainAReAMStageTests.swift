@@ -34,15 +34,14 @@ final class ClassifyTrainAReAMStageTests: XCTestCase {
         XCTAssertEqual(affinity.count, 2)
         XCTAssertEqual(affinity[0], 0)
         XCTAssertGreaterThan(affinity[1], 0)
-        // Eq. 15 at most 2 per layer, the layer weights at most 1 and averaged.
+        // Eq. 15 is at most 2 per layer; the layer weights are at most 1 and averaged.
         XCTAssertLessThanOrEqual(affinity[1], 2)
-        let positive = try log.read("aff_positive_fraction", as: Double.self).values
-        let ignored = try log.read("aff_ignored_fraction", as: Double.self).values
+        let positive = try log.read("epoch_aff_positive_fraction", as: Double.self).values
+        let ignored = try log.read("epoch_aff_ignored_fraction", as: Double.self).values
         XCTAssertEqual(positive[0], 0)
         XCTAssertGreaterThan(positive[1], 0)
         XCTAssertLessThanOrEqual(positive[1] + ignored[1], 1)
-        XCTAssertTrue(result.stderr.contains("affinity term in warm-up"), result.stderr)
-        XCTAssertTrue(result.stderr.contains("(affinity "), result.stderr)
+        XCTAssertTrue(result.stderr.contains("areaM: affinity term on layers [0, 1]"), result.stderr)
     }
 
     func testZeroWeightMatchesBaselineAndTheTermChangesTraining() throws {

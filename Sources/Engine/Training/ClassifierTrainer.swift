@@ -26,17 +26,9 @@ public struct OptimizerSettings: Codable, Equatable, Sendable {
     }
 }
 
-/// An extra training objective on the classifier's own forward (AReAM's attention affinity):
-/// it may add gradients to any of the forward's outputs (e.g. `grads.attnLogits`) and returns
-/// its weighted loss, which joins the step's total. Called after the classification loss.
-public protocol AuxiliaryObjective: AnyObject {
-    func contribute(images: Tensor, labels: UnsafePointer<Float>, activations: ViTActivations,
-                    grads: inout ViTOutputGrads) throws -> Double
-}
-
 /// One training step of the ViT classifier (both heads, multi-label soft margin on each):
 /// forward, loss, backward, gradient clipping, AdamW with parameter groups and the warm-up +
-/// cosine schedule, EMA. Shared by `classify-train` and the benchmark so that the benchmark
+/// cosine schedule, EMA; an optional `TrainingObjective` adds its terms (ACR, ...). Shared by `classify-train` and the benchmark so that the benchmark
 /// times exactly what training runs.
 public final class ClassifierTrainer {
     public struct StepResult: Sendable {
@@ -45,8 +37,8 @@ public final class ClassifierTrainer {
         public var clsLoss: Double
         public var gradNorm: Double
         public var lr: Double
-        /// The auxiliary objective's weighted loss (0 without one); included in `loss`.
-        public var auxiliaryLoss: Double = 0
+        /// The objective's terms (empty without one).
+        public var terms: [String: Double] = [:]
     }
 
     public let model: ViT
@@ -54,6 +46,8 @@ public final class ClassifierTrainer {
     public let optimizer: AdamW
     public let schedule: WarmupCosineSchedule
     public private(set) var ema: ParameterEMA?
+    /// An extra training term (ACR, AReAM, ...); nil trains the classification losses only.
+    public let objective: TrainingObjective?
     /// Optimiser steps taken (continues across resumes).
     public var step: Int { optimizer.stepCount }
     private var activations: ViTActivations?
@@ -61,9 +55,10 @@ public final class ClassifierTrainer {
     private var gradCam: Tensor?
     private var gradCls: Tensor?
 
-    public init(model: ViT, settings: OptimizerSettings) {
+    public init(model: ViT, settings: OptimizerSettings, objective: TrainingObjective? = nil) {
         self.model = model
         self.settings = settings
+        self.objective = objective
         let params = model.parameters
         optimizer = AdamW(
             settings: .init(lr: settings.lr, beta1: settings.beta1, beta2: settings.beta2, eps: settings.eps),
@@ -79,10 +74,9 @@ public final class ClassifierTrainer {
 
     /// One optimisation step on images [B, S, S, 3] (normalised) and multi-hot labels [B, C].
     /// Throws, naming the step, when the loss or the gradient is NaN or infinite; the weights
-    /// are then left as they were before the step. `auxiliary` adds its objective to this step.
+    /// are then left as they were before the step.
     @discardableResult
-    public func trainStep(images: Tensor, labels: UnsafePointer<Float>, scores: UnsafeMutablePointer<Float>? = nil,
-                          auxiliary: AuxiliaryObjective? = nil) throws -> StepResult {
+    public func trainStep(images: Tensor, labels: UnsafePointer<Float>, scores: UnsafeMutablePointer<Float>? = nil) throws -> StepResult {
         let batch = images.shape[0], classes = model.config.numClasses
         model.zeroGrad()
         let acts = model.forward(images: images, training: true, reuse: activations)
@@ -98,12 +92,17 @@ public final class ClassifierTrainer {
             logits: acts.camLogits.data, labels: labels, batch: batch, classes: classes, gradient: gCam.data)
         let clsLoss = ClassificationLoss.multilabelSoftMargin(
             logits: acts.clsLogits.data, labels: labels, batch: batch, classes: classes, gradient: gCls.data)
+        var loss = camLoss + clsLoss
         var grads = ViTOutputGrads(camLogits: gCam, clsLogits: gCls)
-        let auxiliaryLoss = try auxiliary?.contribute(images: images, labels: labels, activations: acts, grads: &grads) ?? 0
-        let loss = camLoss + clsLoss + auxiliaryLoss
+        var terms: [String: Double] = [:]
+        if let objective {
+            let extra = try objective.contribute(model: model, images: images, labels: labels, activations: acts, grads: &grads, step: step)
+            loss += extra.loss
+            terms = extra.terms
+        }
         if let scores { Self.scores(cam: acts.camLogits.data, cls: acts.clsLogits.data, count: batch * classes, into: scores) }
         guard loss.isFinite else {
-            throw TrainingError("loss became \(loss.isNaN ? "NaN" : "infinite") at optimiser step \(step + 1) (cam \(camLoss), cls \(clsLoss), auxiliary \(auxiliaryLoss))")
+            throw TrainingError("loss became \(loss.isNaN ? "NaN" : "infinite") at optimiser step \(step + 1) (cam \(camLoss), cls \(clsLoss)\(terms.sorted { $0.key < $1.key }.map { ", \($0.key) \($0.value)" }.joined()))")
         }
         model.backward(acts, grads)
         let params = model.parameters
@@ -114,7 +113,7 @@ public final class ClassifierTrainer {
         let lr = schedule.lr(atStep: step)
         optimizer.step(values: params.map(\.value.data), gradients: params.map { UnsafePointer($0.grad.data) }, lr: lr)
         ema?.update(from: params.map { UnsafePointer($0.value.data) }, decay: settings.emaDecay)
-        return StepResult(loss: loss, camLoss: camLoss, clsLoss: clsLoss, gradNorm: norm, lr: lr, auxiliaryLoss: auxiliaryLoss)
+        return StepResult(loss: loss, camLoss: camLoss, clsLoss: clsLoss, gradNorm: norm, lr: lr, terms: terms)
     }
 
     /// Class probabilities used for metrics: the mean of the two heads' sigmoids.
