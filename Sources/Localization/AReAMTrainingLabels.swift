@@ -50,6 +50,8 @@ public struct AReAMTrainingLabels: Sendable {
         /// Per layer (all L): the loss weight, 1 - w(l) of eq. 16 (paper) or the min-max normalised
         /// entropy (code); see `make`.
         public var lossWeights: [Float]
+        /// Images with classes whose CAMs have no positive score anywhere; their tokens are all 255.
+        public var blankCams: Int
     }
 
     /// Labels for a batch; images run concurrently. `layers` is the attention's layer count.
@@ -62,6 +64,11 @@ public struct AReAMTrainingLabels: Sendable {
     ///   layers (`AReAMWeights.code`); fusion weight = 1 - that, loss weight = that.
     /// Without any image with classes, or with equal entropies under `code`, every weight is equal
     /// (fusion) or 1 (loss).
+    ///
+    /// An image whose present classes have no positive CAM score anywhere (common while a classifier
+    /// trained from scratch is young) carries no localisation: its tokens are all ignored and it
+    /// does not enter the layer weights. (The reference code would label it all background; after
+    /// its long warm-up on a pretrained backbone the case hardly arises there.)
     public func make(_ images: [Image], grid: Int, layers: Int) -> Batch {
         let B = images.count, n = grid * grid
         for image in images {
@@ -77,7 +84,9 @@ public struct AReAMTrainingLabels: Sendable {
         }
         var fusion = [[Float]](repeating: equal, count: B)
         var lossWeights = [Float](repeating: 1, count: layers)
-        let withClasses = (0..<B).filter { !images[$0].classes.isEmpty }
+        // After ReLU + min-max, a map with any positive score has a maximum of 1.
+        let withClasses = (0..<B).filter { !images[$0].classes.isEmpty && normalisedCams[$0].contains { $0 > 0 } }
+        let blank = Set((0..<B).filter { !images[$0].classes.isEmpty }).subtracting(withClasses)
         switch weighting {
         case .paper:
             var complement = [Double](repeating: 0, count: layers)
@@ -114,6 +123,10 @@ public struct AReAMTrainingLabels: Sendable {
             DispatchQueue.concurrentPerform(iterations: B) { b in
                 let image = images[b], k = image.classes.count
                 guard k > 0 else { return }  // no class: every token is background
+                if blank.contains(b) {
+                    for i in 0..<n { target.pointer[b * n + i] = ConfidentLabels.ignore }
+                    return
+                }
                 let affinity = AffinityRefinement.combine(stacked: image.attention, tokens: n, layers: all, weights: fusion[b])
                 var fused = AffinityRefinement.gather(maps: normalisedCams[b], count: k, tokens: n, affinity: affinity)
                 AffinityRefinement.normalise(&fused, count: k, tokens: n)
@@ -128,7 +141,7 @@ public struct AReAMTrainingLabels: Sendable {
             let pairs = Self.affinityLabels(tokenLabels: Array(tokenLabels[b * n..<(b + 1) * n]))
             affinity.replaceSubrange(b * n * n..<(b + 1) * n * n, with: pairs)
         }
-        return Batch(tokenLabels: tokenLabels, affinity: affinity, fusionWeights: fusion, lossWeights: lossWeights)
+        return Batch(tokenLabels: tokenLabels, affinity: affinity, fusionWeights: fusion, lossWeights: lossWeights, blankCams: blank.count)
     }
 
     /// Nearest-neighbour sampling of a [size, size] label map to [grid, grid] (PyTorch

@@ -26,8 +26,9 @@ final class AReAMObjective: TrainingObjective {
     static func defaultLayers(depth: Int) -> [Int] { Array((depth * 7 / 12)..<depth) }
 
     /// aff_loss: the layer-weighted eq. 15 before `lossWeight` (0 during the warm-up); the
-    /// fractions of the batch's token pairs that are positive and ignored; the seconds spent.
-    let termNames = ["aff_loss", "aff_positive_fraction", "aff_ignored_fraction", "aff_seconds"]
+    /// fractions of the batch's token pairs that are positive and ignored; the fraction of images
+    /// whose CAMs are blank (no positive score: ignored); the seconds spent.
+    let termNames = ["aff_loss", "aff_positive_fraction", "aff_ignored_fraction", "aff_blank_cam_fraction", "aff_seconds"]
 
     func contribute(model: ViT, images: Tensor, labels multiHot: UnsafePointer<Float>, activations acts: ViTActivations,
                     grads: inout ViTOutputGrads, step: Int) throws -> ObjectiveContribution {
@@ -95,6 +96,7 @@ final class AReAMObjective: TrainingObjective {
             "aff_loss": total,
             "aff_positive_fraction": Double(counted.positives) / pairs,
             "aff_ignored_fraction": (pairs - Double(counted.positives + counted.negatives)) / pairs,
+            "aff_blank_cam_fraction": Double(made.blankCams) / Double(B),
             "aff_seconds": Date().timeIntervalSince(started),
         ])
     }

@@ -56,7 +56,10 @@ final class AReAMTrainingLabelsTests: XCTestCase {
                                               pixels: Self.halves, size: Self.size)
         let empty = AReAMTrainingLabels.Image(classes: [], cams: [], attention: Self.identity + Self.identity,
                                               pixels: Self.halves, size: Self.size)
-        let batch = AReAMTrainingLabels().make([image, empty], grid: Self.grid, layers: 2)
+        // A class whose CAM has no positive score anywhere: no localisation to learn from.
+        let blank = AReAMTrainingLabels.Image(classes: [2], cams: [Float](repeating: -1, count: Self.n), attention: Self.identity + Self.identity,
+                                              pixels: Self.halves, size: Self.size)
+        let batch = AReAMTrainingLabels().make([image, empty, blank], grid: Self.grid, layers: 2)
         for i in 0..<Self.n {
             switch Self.column(i) {
             case 0, 1: XCTAssertEqual(batch.tokenLabels[i], 3, "token \(i)")
@@ -65,8 +68,12 @@ final class AReAMTrainingLabelsTests: XCTestCase {
             }
         }
         // An image without classes is all background: every pair positive.
-        XCTAssertEqual(Array(batch.tokenLabels[Self.n...]), [UInt8](repeating: 0, count: Self.n))
-        XCTAssertEqual(Array(batch.affinity[(Self.n * Self.n)...]), [UInt8](repeating: 1, count: Self.n * Self.n))
+        XCTAssertEqual(Array(batch.tokenLabels[Self.n..<(2 * Self.n)]), [UInt8](repeating: 0, count: Self.n))
+        XCTAssertEqual(Array(batch.affinity[(Self.n * Self.n)..<(2 * Self.n * Self.n)]), [UInt8](repeating: 1, count: Self.n * Self.n))
+        // The blank CAM's image is ignored throughout.
+        XCTAssertEqual(batch.blankCams, 1)
+        XCTAssertEqual(Array(batch.tokenLabels[(2 * Self.n)...]), [UInt8](repeating: 255, count: Self.n))
+        XCTAssertEqual(Array(batch.affinity[(2 * Self.n * Self.n)...]), [UInt8](repeating: 255, count: Self.n * Self.n))
         XCTAssertEqual(Array(batch.affinity[0..<(Self.n * Self.n)]),
                        AReAMTrainingLabels.affinityLabels(tokenLabels: Array(batch.tokenLabels[0..<Self.n])))
     }
@@ -110,5 +117,11 @@ final class AReAMTrainingLabelsTests: XCTestCase {
         XCTAssertEqual(paper.fusionWeights[0], [1, 0])   // w(uniform) = 1 - 1 = 0, normalised to sum 1
         XCTAssertEqual(Double(paper.lossWeights[0]), entropy, accuracy: 1e-5)  // 1 - w(l) = H(l) / log n
         XCTAssertEqual(Double(paper.lossWeights[1]), 1, accuracy: 1e-5)
+        // A blank CAM adds nothing to the weights.
+        let blank = AReAMTrainingLabels.Image(classes: [1], cams: [Float](repeating: -2, count: Self.n), attention: Self.uniform + Self.identity,
+                                              pixels: Self.halves, size: Self.size)
+        let mixed = AReAMTrainingLabels(weighting: .paper).make([image, blank], grid: Self.grid, layers: 2)
+        XCTAssertEqual(mixed.lossWeights, paper.lossWeights)
+        XCTAssertEqual(mixed.fusionWeights[0], paper.fusionWeights[0])
     }
 }
