@@ -42,12 +42,14 @@ test: deps
 	@set -o pipefail; WSSS_PYTHON=$(abspath $(PYTHON)) swift test --disable-swift-testing 2>&1 | tee .build/test.log
 	@awk '/^Test Case .* passed/ {p++} /^Test Case .* failed/ {f++} END {printf "tests: %d passed, %d failed\n", p, f; exit (f > 0)}' .build/test.log
 
-DEMO_PIPELINES := Pipelines/multi-stage-baseline.yaml Pipelines/multi-stage-areaM.yaml
+DEMO_PIPELINES := Pipelines/multi-stage-baseline.yaml Pipelines/multi-stage-areaM-inference.yaml Pipelines/multi-stage-areaM.yaml
 
-# The main job: both multi-stage pipelines (they share data, classifier and seeds through the
-# cache), then Artifacts/demo/summary.json and summary.md.
+# The main job: the three multi-stage pipelines (baseline and areaM-inference share data,
+# classifier and seeds through the cache; areaM trains its own classifier with AReAM's affinity
+# term), then Artifacts/demo/summary.json and summary.md.
 demo: build
 	$(BIN)/wsss run Pipelines/multi-stage-baseline.yaml
+	$(BIN)/wsss run Pipelines/multi-stage-areaM-inference.yaml
 	$(BIN)/wsss run Pipelines/multi-stage-areaM.yaml
 	$(BIN)/wsss summary $(DEMO_PIPELINES) --out Artifacts/demo
 

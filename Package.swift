@@ -15,7 +15,7 @@ let stageNames = [
 /// Every stage executable depends on the same plumbing plus whatever its work needs.
 let stageDependencies: [String: [Target.Dependency]] = [
     "prepare-data": ["Datasets", "Imaging"],
-    "classify-train": ["Engine", "Datasets", "Imaging"],
+    "classify-train": ["Engine", "Datasets", "Imaging", "Localization"],
     "extract-attention": ["Engine", "Datasets", "Imaging", "Localization"],
     "cam-refine": ["Imaging", "Datasets", "Localization"],
     "pseudo-label": ["Imaging", "Datasets", "Localization"],

@@ -18,11 +18,18 @@ public struct ConfidentLabels: Codable, Equatable, Sendable {
     public static let ignore: UInt8 = 255
 
     public func labels(image: RGBImage, maps: ClassMaps) -> [UInt8] {
+        labels(pixels: image.pixels.map(Float.init), width: image.width, height: image.height, maps: maps)
+    }
+
+    /// The same from float pixels, channels-last [height, width, 3]. PAR's colour term divides each
+    /// channel's differences by that channel's local spread, so any per-channel affine scale
+    /// (0-255, or a training batch's normalised values) gives the same labels.
+    public func labels(pixels: [Float], width w: Int, height h: Int, maps: ClassMaps) -> [UInt8] {
         precondition(lowBackground < highBackground, "the low background score must be below the high one")
-        let (h, w) = (image.height, image.width)
+        precondition(pixels.count == w * h * 3, "\(w)x\(h) RGB pixels need \(w * h * 3) values, got \(pixels.count)")
         let classPlanes = resizePlanes(maps.values, count: maps.classes.count, width: maps.width, height: maps.height, toWidth: w, toHeight: h)
         let (sh, sw) = (max(h / downscale, 1), max(w / downscale, 1))
-        let small = Resize.bilinear(image.pixels.map(Float.init), width: w, height: h, channels: 3, toWidth: sw, toHeight: sh)
+        let small = Resize.bilinear(pixels, width: w, height: h, channels: 3, toWidth: sw, toHeight: sh)
         let affinity = small.withUnsafeBufferPointer { par.affinity(image: $0.baseAddress!, height: sh, width: sw) }
         let high = argmaxRefined(classPlanes, classes: maps.classes, background: highBackground, size: (h, w), small: (sh, sw), affinity: affinity)
         let low = argmaxRefined(classPlanes, classes: maps.classes, background: lowBackground, size: (h, w), small: (sh, sw), affinity: affinity)

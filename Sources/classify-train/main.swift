@@ -15,6 +15,7 @@ import Dispatch
 import Engine
 import Foundation
 import Imaging
+import Localization
 import StageKit
 
 let blasLine = BLASCorePolicy.apply()  // may re-execute with AVX-512 OpenBLAS kernels
@@ -70,13 +71,24 @@ struct Params: StageParameters {
     var resume = false
     /// Store the AdamW moments so the run can be resumed (triples the file size).
     var saveOptimizerState = true
-    // Training objective: "baseline" (classification losses) or "acr" (ACR: a second view, its
+    // Training objective: "baseline" (classification losses), "acr" (ACR: a second view, its
     // classification losses and the attention consistency of all layers, weights acr_alpha/acr_beta
-    // on the mean L1 terms as the paper's alpha = beta = 100).
+    // on the mean L1 terms as the paper's alpha = beta = 100) or "areaM" (AReAM's attention affinity
+    // term on the deep layers after a warm-up, AReAMObjective.swift).
     var method = "baseline"
     var acrView = "flip"
     var acrAlpha = 100.0
     var acrBeta = 100.0
+    /// Supervised layers (negative = from the end); empty = from depth * 7 / 12 on (the code's 7-11 of 12).
+    var areamLayers: [Int] = []
+    /// alpha1 < alpha2: background scores below which a pixel is background / above which its class wins.
+    var areamLowThreshold = 0.35
+    var areamHighThreshold = 0.55
+    var areamLossWeight = 0.1
+    /// Classification-only epochs before the affinity term starts; -1 = epochs / 6, rounded (the code's 10 of 60).
+    var areamWarmupEpochs = -1
+    /// Layer weights: "code" (batch-mean entropies, min-max normalised across layers) or "paper" (eq. 8 / 16 per image).
+    var areamWeighting = "code"
 
     init() {}
 
@@ -90,7 +102,13 @@ struct Params: StageParameters {
         case maxTrainImages = "max_train_images", maxValImages = "max_val_images", seed, threads, resume
         case saveOptimizerState = "save_optimizer_state"
         case method, acrView = "acr_view", acrAlpha = "acr_alpha", acrBeta = "acr_beta"
+        case areamLayers = "aream_layers", areamLowThreshold = "aream_low_threshold"
+        case areamHighThreshold = "aream_high_threshold", areamLossWeight = "aream_loss_weight"
+        case areamWarmupEpochs = "aream_warmup_epochs", areamWeighting = "aream_weighting"
     }
+
+    /// Resolved AReAM warm-up in epochs.
+    var areamWarmup: Int { areamWarmupEpochs >= 0 ? areamWarmupEpochs : Int((Double(epochs) / 6).rounded()) }
 
     var augmentation: AugmentationSettings {
         AugmentationSettings(scaleMin: scaleMin, scaleMax: scaleMax, flip: flip,
@@ -117,17 +135,41 @@ struct Params: StageParameters {
         guard ["trunc_normal", "xavier"].contains(initScheme) else {
             throw StageError("init_scheme must be trunc_normal or xavier, got '\(initScheme)'")
         }
-        guard ["baseline", "acr"].contains(method) else { throw StageError("method must be baseline or acr, got '\(method)'") }
+                guard ["baseline", "acr", "areaM"].contains(method) else { throw StageError("method must be baseline, acr or areaM, got '\(method)'") }
         guard ConsistencyView(rawValue: acrView) != nil else {
             throw StageError("acr_view must be one of \(ConsistencyView.allCases.map(\.rawValue)), got '\(acrView)'")
         }
         guard acrAlpha >= 0, acrBeta >= 0, acrAlpha.isFinite, acrBeta.isFinite else { throw StageError("acr_alpha and acr_beta must be finite and >= 0") }
+        if method == "areaM" {
+            guard 0 < areamLowThreshold, areamLowThreshold < areamHighThreshold, areamHighThreshold < 1 else {
+                throw StageError("aream thresholds need 0 < aream_low_threshold < aream_high_threshold < 1, got \(areamLowThreshold) and \(areamHighThreshold)")
+            }
+            guard areamLossWeight >= 0, areamLossWeight.isFinite else { throw StageError("aream_loss_weight must be >= 0, got \(areamLossWeight)") }
+            guard areamWarmupEpochs >= -1 else { throw StageError("aream_warmup_epochs must be >= 0 (or -1 for epochs / 6), got \(areamWarmupEpochs)") }
+            guard areamWarmup < epochs else {
+                throw StageError("aream_warmup_epochs \(areamWarmup) leaves none of the \(epochs) epochs with the affinity term; lower it or raise epochs")
+            }
+            guard AReAMWeighting(rawValue: areamWeighting) != nil else {
+                throw StageError("aream_weighting must be 'code' or 'paper', got '\(areamWeighting)'")
+            }
+        }
+    }
+
+    /// AReAM's objective for a model of `depth` layers trained `stepsPerEpoch` steps an epoch.
+    func areaMObjective(depth: Int, stepsPerEpoch: Int) throws -> AReAMObjective {
+        let requested = areamLayers.isEmpty ? AReAMObjective.defaultLayers(depth: depth) : areamLayers
+        let layers: [Int]
+        do { layers = try LayerSelection.resolve(requested, layers: depth, parameter: "aream_layers") } catch { throw StageError("\(error)") }
+        return AReAMObjective(labels: AReAMTrainingLabels(lowThreshold: Float(areamLowThreshold), highThreshold: Float(areamHighThreshold),
+                                                          weighting: AReAMWeighting(rawValue: areamWeighting)!),
+                              layers: layers, lossWeight: areamLossWeight, warmupSteps: areamWarmup * stepsPerEpoch)
     }
 
     /// The objective `method` selects (nil for the baseline).
-    func objective() -> TrainingObjective? {
+    func objective(depth: Int, stepsPerEpoch: Int) throws -> TrainingObjective? {
         switch method {
         case "acr": return ACRObjective(view: ConsistencyView(rawValue: acrView)!, alpha: acrAlpha, beta: acrBeta)
+        case "areaM": return try areaMObjective(depth: depth, stepsPerEpoch: stepsPerEpoch)
         default: return nil
         }
     }
@@ -277,8 +319,11 @@ StageMain.run(spec, parameters: Params.self) { ctx in
         if p.initScheme == "xavier" { ViTInitialization.xavierUniform(model, seed: UInt64(p.seed)) }
     }
     config = model.config
-    let trainer = ClassifierTrainer(model: model, settings: settings, objective: p.objective())
-    if p.method != "baseline" { ctx.log.info("method \(p.method): view \(p.acrView), alpha \(p.acrAlpha), beta \(p.acrBeta)") }
+    let trainer = ClassifierTrainer(model: model, settings: settings, objective: try p.objective(depth: config.depth, stepsPerEpoch: stepsPerEpoch))
+    if p.method == "acr" { ctx.log.info("method acr: view \(p.acrView), alpha \(p.acrAlpha), beta \(p.acrBeta)") }
+    if let areaM = trainer.objective as? AReAMObjective {
+        ctx.log.info("areaM: affinity term on layers \(areaM.layers) with weight \(p.areamLossWeight) after \(p.areamWarmup) warm-up epochs, \(p.areamWeighting) weighting, thresholds \(p.areamLowThreshold)/\(p.areamHighThreshold)")
+    }
     if p.resume {
         guard let checkpoint = initCheckpoint else { throw StageError("resume=true needs an init checkpoint: pass --in init=PATH") }
         guard checkpoint.hasOptimizerState else {
@@ -309,12 +354,18 @@ StageMain.run(spec, parameters: Params.self) { ctx in
         }
         // The objective's per-epoch terms continue the stored log, so it must be the same one.
         let storedParams = (try? JSONSerialization.jsonObject(with: Data(checkpoint.reader.provenance.paramsJSON.utf8))) as? [String: Any] ?? [:]
-        func storedText(_ key: String) -> String? { storedParams[key] as? String }
-        func storedNumber(_ key: String) -> Double? { (storedParams[key] as? NSNumber)?.doubleValue }
-        let sameObjective = (storedText("method") ?? "baseline") == p.method
-            && (p.method == "baseline" || (storedText("acr_view") == p.acrView && storedNumber("acr_alpha") == p.acrAlpha && storedNumber("acr_beta") == p.acrBeta))
+        let currentParams = (try? JSONSerialization.jsonObject(with: JSONEncoder().encode(p))) as? [String: Any] ?? [:]
+        let objectiveKeys = currentParams.keys.filter { $0 == "method" || $0.hasPrefix("acr_") || $0.hasPrefix("aream_") }.sorted()
+        func shown(_ params: [String: Any]) -> String {
+            objectiveKeys.map { "\($0)=\(params[$0].map { "\($0)" } ?? (($0 == "method") ? "baseline" : "-"))" }.joined(separator: " ")
+        }
+        let storedMethod = storedParams["method"] as? String ?? "baseline"
+        let sameObjective = storedMethod == p.method && (p.method == "baseline" || objectiveKeys.allSatisfy { key in
+            guard let stored = storedParams[key] as? NSObject, let current = currentParams[key] as? NSObject else { return false }
+            return stored.isEqual(current)
+        })
         guard sameObjective else {
-            throw StageError("\(checkpoint.path): resuming needs the same training objective; the checkpoint was trained with method=\(storedText("method") ?? "baseline") acr_view=\(storedText("acr_view") ?? "-") acr_alpha=\(storedNumber("acr_alpha").map { "\($0)" } ?? "-") acr_beta=\(storedNumber("acr_beta").map { "\($0)" } ?? "-"), the parameters give method=\(p.method) acr_view=\(p.acrView) acr_alpha=\(p.acrAlpha) acr_beta=\(p.acrBeta)")
+            throw StageError("\(checkpoint.path): resuming needs the same training objective; the checkpoint was trained with \(shown(storedParams)), the parameters give \(shown(currentParams))")
         }
         log = try TrainingLog.read(from: checkpoint.reader.root)
         startEpoch = try checkpoint.int("epochs_completed")
@@ -426,6 +477,7 @@ StageMain.run(spec, parameters: Params.self) { ctx in
     try Checkpoint.writeJSON(root, "optimizer", settings)
     try Checkpoint.writeJSON(root, "augmentation", augmentation)
     try root.setAttribute("seed", Int64(p.seed))
+    try root.setAttribute("method", p.method)
     try root.setAttribute("epochs_completed", Int64(p.epochs))
     try root.setAttribute("steps_completed", Int64(trainer.step))
     try root.setAttribute("train_images", Int64(train.count))

@@ -62,7 +62,7 @@ final class ClassifyTrainACRStageTests: XCTestCase {
 
     func testBadObjectiveParametersAndObjectiveChangeOnResumeAreRefused() throws {
         let dataset = try StageHarness.tinyDataset(in: folder)
-        for (params, needle) in [(["method=seam"], "method must be baseline or acr"), (["method=acr", "acr_view=rot45"], "acr_view must be one of"),
+        for (params, needle) in [(["method=seam"], "method must be baseline, acr or areaM"), (["method=acr", "acr_view=rot45"], "acr_view must be one of"),
                                  (["method=acr", "acr_alpha=-1"], "acr_alpha and acr_beta")] {
             let result = try train(dataset, "bad.h5", params)
             XCTAssertNotEqual(result.status, 0)
