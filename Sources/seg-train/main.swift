@@ -296,9 +296,9 @@ StageMain.run(spec, parameters: Params.self) { ctx in
         ? try SingleStageRun(params: p, network: network, images: trainImages, classLabels: trainClassLabels, size: size,
                              augmentation: augmentation, normalization: normalization, optimizer: settings, stepsPerEpoch: stepsPerEpoch)
         : nil
-    let trainer = SegTrainer(network: network, settings: settings)
-    var optimizerSteps: Int { single?.trainer.step ?? trainer.step }
-    func learningRate(atStep step: Int) -> Double { single?.trainer.schedule.lr(atStep: step) ?? trainer.schedule.lr(atStep: step) }
+    let trainer: SegTrainer? = single == nil ? SegTrainer(network: network, settings: settings) : nil
+    var optimizerSteps: Int { single?.trainer.step ?? trainer!.step }
+    func learningRate(atStep step: Int) -> Double { single?.trainer.schedule.lr(atStep: step) ?? trainer!.schedule.lr(atStep: step) }
     let predictor = Predictor(network: network, trainSize: size, scales: p.evalScales, flip: p.evalFlip, normalization: normalization)
 
     func evaluate(write writer: LabelMapsWriter?, pictures: inout [RGBImage]) throws -> ConfusionMatrix {
@@ -366,7 +366,7 @@ fflush(stdout)
                     }
                 }
             }
-            let result = try labels.withUnsafeBufferPointer { try trainer.trainStep(images: input, labels: $0.baseAddress!) }
+            let result = try labels.withUnsafeBufferPointer { try trainer!.trainStep(images: input, labels: $0.baseAddress!) }
             stepLoss.append(result.loss)
             if result.counted > 0 { lossSum += result.loss; lossCount += 1 }
             progress.advance(by: batch.count, note: String(format: "epoch %d/%d loss %.4f lr %.2e", epoch, p.epochs, result.loss, result.lr))
