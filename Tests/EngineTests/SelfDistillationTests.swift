@@ -1,3 +1,4 @@
+import ArtifactStore
 import XCTest
 @testable import Engine
 
@@ -80,9 +81,9 @@ final class SelfDistillationTests: XCTestCase {
         let centre = DTensor(shape: [3])
         let rows = DTensor(shape: [2, 3], values: [1, 2, 3, 3, 4, 5])  // mean 2, 3, 4
         SelfDistillation.updateCentre(centre.data, rows: rows.data, count: 2, cols: 3, momentum: 0.9)
-        assertClose(centre.toArray(), [0.2, 0.3, 0.4], accuracy: 1e-12)
+        assertAllClose(centre.toArray(), [0.2, 0.3, 0.4], accuracy: 1e-12)
         SelfDistillation.updateCentre(centre.data, rows: rows.data, count: 2, cols: 3, momentum: 0.9)
-        assertClose(centre.toArray(), [0.38, 0.57, 0.76], accuracy: 1e-12)
+        assertAllClose(centre.toArray(), [0.38, 0.57, 0.76], accuracy: 1e-12)
         // Softmax is shift invariant: a centre with equal entries leaves the targets as they are.
         let logits = DTensor(shape: [1, 3], values: [0.3, -0.2, 0.5])
         let a = DTensor(shape: [1, 3]), b = DTensor(shape: [1, 3])
@@ -156,6 +157,87 @@ final class SelfDistillationTests: XCTestCase {
         XCTAssertEqual(maxAbsDiff(head.aggregate(patches: x, keep: keep).output, before), 0)
         // Without a mask every token counts.
         XCTAssertGreaterThan(maxAbsDiff(head.aggregate(patches: x).output, before), 1e-6)
+    }
+
+    // MARK: PyTorch parity
+
+    /// The head and both FSR losses against PyTorch (float64): Fixtures/fsr_parity.h5, written by
+    /// Scripts/make_fsr_fixtures.py. The Swift side composes them as SingleStageTrainer does.
+    func testHeadAndLossesMatchPyTorch() throws {
+        let path = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures/fsr_parity.h5").path
+        let root = try HDF5File.open(path).root
+        let cfg = try root.group("config")
+        func int(_ key: String) throws -> Int { Int(try cfg.int64Attribute(key)) }
+        let config = FSRHeadConfig(dim: try int("dim"), heads: try int("heads"), blocks: try int("blocks"), mlpRatio: try int("mlp_ratio"),
+                                   projectorHidden: try int("projector_hidden"), bottleneck: try int("bottleneck"), outDim: try int("out_dim"),
+                                   layerNormEps: try cfg.doubleAttribute("layernorm_eps"))
+        let head = try DHead(config: config, seed: 0)
+        let weights = try root.group("weights")
+        XCTAssertEqual(Set(try weights.childNames()), Set(head.parameterList.map(\.name)))
+        for q in head.parameterList {
+            let array = try weights.read(q.name, as: Double.self)
+            XCTAssertEqual(array.shape, q.value.shape, q.name)
+            for i in 0..<q.value.count { q.value.data[i] = array.values[i] }
+        }
+        func tensor(_ name: String) throws -> DTensor {
+            let a = try root.read(name, as: Double.self)
+            return DTensor(shape: a.shape, values: a.values)
+        }
+        func close(_ ours: DTensor, _ reference: DTensor, _ what: String) {
+            XCTAssertEqual(ours.count, reference.count, what)
+            let scale = maxAbs(reference)
+            XCTAssertGreaterThan(scale, 0, what)
+            XCTAssertLessThan(maxAbsDiff(ours, reference) / scale, 1e-10, what)
+        }
+        let x = try tensor("input/patches")
+        let B = x.shape[0], N = x.shape[1], D = x.shape[2], O = config.outDim
+        let keep = try root.read("input/keep", as: UInt8.self).values.map { $0 != 0 }
+        let masked = keep.indices.filter { !keep[$0] }
+        let teacherClass = try tensor("input/teacher_class"), teacherPatch = try tensor("input/teacher_patch")
+        let classCentre = try tensor("input/class_centre"), patchCentre = try tensor("input/patch_centre")
+        let tauT = try root.doubleAttribute("teacher_temp"), tauS = try root.doubleAttribute("student_temp")
+        let wc = try root.doubleAttribute("class_weight"), wu = try root.doubleAttribute("patch_weight")
+
+        head.zeroGrad()
+        let agg = head.aggregate(patches: x, keep: keep)
+        close(agg.output, try tensor("output/aggregated"), "aggregated tokens")
+        let rows = DTensor(shape: [B + masked.count, D])
+        rows.data.update(from: agg.output.data, count: B * D)
+        for (i, r) in masked.enumerated() { (rows.data + (B + i) * D).update(from: x.data + r * D, count: D) }
+        let projected = head.project(rows)
+        close(projected.output, try tensor("output/projected"), "projector outputs")
+
+        let targets = DTensor(shape: [B + masked.count, O])
+        SelfDistillation.teacherProbabilities(logits: teacherClass.data, centre: classCentre.data, rows: B, cols: O, temperature: tauT, into: targets.data)
+        for (i, r) in masked.enumerated() {
+            SelfDistillation.teacherProbabilities(logits: teacherPatch.data + r * O, centre: patchCentre.data, rows: 1, cols: O,
+                                                  temperature: tauT, into: targets.data + (B + i) * O)
+        }
+        var perImage = [Int](repeating: 0, count: B)
+        for r in masked { perImage[r / N] += 1 }
+        let weights2 = DTensor(shape: [B + masked.count])
+        for b in 0..<B { weights2.data[b] = wc / Double(B) }
+        for (i, r) in masked.enumerated() { weights2.data[B + i] = wu / Double(B * perImage[r / N]) }
+        let dProjected = DTensor(shape: [B + masked.count, O])
+        let total = SelfDistillation.crossEntropy(student: projected.output.data, teacher: targets.data, rowWeights: weights2.data,
+                                                  rows: B + masked.count, cols: O, studentTemperature: tauS, dStudent: dProjected.data)
+        let classLoss = SelfDistillation.crossEntropy(student: projected.output.data, teacher: targets.data, rowWeights: nil, rows: B, cols: O,
+                                                      studentTemperature: tauS) / Double(B)
+        XCTAssertEqual(total, try root.read("output/total", as: Double.self).values[0], accuracy: 1e-12)
+        XCTAssertEqual(classLoss, try root.read("output/class_loss", as: Double.self).values[0], accuracy: 1e-12)
+
+        let dRows = DTensor(shape: [B + masked.count, D])
+        head.projectBackward(projected, dOut: dProjected, dInput: dRows)
+        let dX = DTensor(shape: [B, N, D])
+        for (i, r) in masked.enumerated() { (dX.data + r * D).update(from: dRows.data + (B + i) * D, count: D) }
+        head.aggregateBackward(agg, dOut: DTensor(viewOf: dRows, offset: 0, shape: [B, D]), dPatches: dX)
+        close(dX, try tensor("output/grad_patches"), "gradient of the patches")
+        let grads = try root.group("grads")
+        for q in head.parameterList {
+            let reference = try grads.read(q.name, as: Double.self)
+            close(q.grad, DTensor(shape: reference.shape, values: reference.values), "gradient of \(q.name)")
+        }
+        withExtendedLifetime((classCentre, patchCentre, weights2)) {}
     }
 
     // MARK: Masking
@@ -304,7 +386,7 @@ final class SelfDistillationTests: XCTestCase {
     }
 }
 
-func assertClose(_ a: [Double], _ b: [Double], accuracy: Double, file: StaticString = #filePath, line: UInt = #line) {
+func assertAllClose(_ a: [Double], _ b: [Double], accuracy: Double, file: StaticString = #filePath, line: UInt = #line) {
     XCTAssertEqual(a.count, b.count, file: file, line: line)
     for (x, y) in zip(a, b) { XCTAssertEqual(x, y, accuracy: accuracy, file: file, line: line) }
 }
