@@ -369,6 +369,24 @@ final class SelfDistillationTests: XCTestCase {
         XCTAssertGreaterThan(b.segLoss, 0)
     }
 
+    /// A non-finite input ends the step with an error naming it, before any weight changes.
+    func testNonFiniteLossIsRefusedAndLeavesTheWeights() throws {
+        let trainer = try tinyTrainer(fsr: true, warmup: 0)
+        let view = Tensor(shape: [2, 16, 16, 3]), second = Tensor(shape: [2, 16, 16, 3])
+        view.data[5] = .nan
+        let before = trainer.network.parameters.map { $0.value.toArray() }
+        let teacherBefore = trainer.teacher!.parameters.map { $0.value.toArray() }
+        let labels: [Float] = [1, 0, 0, 0, 1, 1]
+        XCTAssertThrowsError(try labels.withUnsafeBufferPointer {
+            try trainer.trainStep(view: view, secondView: second, labels: $0.baseAddress!) { _ in [UInt8](repeating: 0, count: 512) }
+        }) { error in
+            XCTAssertTrue("\(error)".contains("at optimiser step 1"), "\(error)")
+        }
+        XCTAssertEqual(trainer.network.parameters.map { $0.value.toArray() }, before)
+        XCTAssertEqual(trainer.teacher!.parameters.map { $0.value.toArray() }, teacherBefore)
+        XCTAssertEqual(trainer.step, 0)
+    }
+
     func testSchedules() {
         var s = SingleStageSettings()
         s.teacherTempWarmup = 0.04
