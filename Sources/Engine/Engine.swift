@@ -51,6 +51,15 @@
 /// forward would trap), `config.forwardFLOPs()`. `maskToken: true` in the config adds a
 /// `mask_token` parameter that `patchMask` [B, N] substitutes for patch embeddings.
 ///
+/// **Single stage / FSR** (`Segmentation/SingleStageTrainer.swift`, `SelfDistillation.swift`).
+/// `SingleStageTrainer(network:head:settings:seed:)` + `trainStep(view:secondView:labels:pseudoLabels:)`:
+/// classification on both heads, pseudo-label segmentation after `segWarmupSteps` (the caller
+/// turns the forward's CAMs into labels), and with `settings.fsr` the FSR terms against an EMA
+/// teacher (`teacher`, `teacherHead`, `classCentre`, `patchCentre`). `FSRHeadOf` (`aggregate` /
+/// `aggregateBackward`: masked class-attention blocks; `project` / `projectBackward`: DINO
+/// projector), `SelfDistillation` (`teacherProbabilities`, `crossEntropy`, `updateCentre`),
+/// `UncertaintyMasking` (`normalisedCAM`, `select`).
+///
 /// **Composed losses.** ``TapeOf`` / ``VarOf``: a small reverse-mode tape over tensors (broadcasting
 /// + - * /, sigmoid, relu, exp, log, abs, sqrt, square, clamp, sum/mean over axes, min-max
 /// normalisation, softmax/logSoftmax, batched matmul, reshape/permute/gather/slice/flip/concat,

@@ -10,15 +10,50 @@ import StageKit
 //     /              provenance; model_config (ViTConfig JSON), decoder_config (SegDecoderConfig JSON),
 //                    normalization, class_names (C foreground names; the network predicts 0...C),
 //                    optimizer (SegOptimizerSettings JSON), augmentation, supervision, seed,
-//                    epochs_completed, steps_completed
+//                    epochs_completed, steps_completed; single stage adds single_stage_method,
+//                    single_stage (SingleStageSettings JSON), pseudo_labels (ConfidentLabels JSON),
+//                    and with FSR fsr_head_config (FSRHeadConfig JSON)
+//     /ema_weights/<name>      single stage FSR: the EMA teacher's ViT weights (no decoder)
+//     /fsr_weights/<name>      single stage FSR: the student's FSR head (aggregation + projector)
+//     /fsr_ema_weights/<name>  single stage FSR: the teacher's FSR head
 //     /weights/<name>  ViT weights under their PyTorch names, decoder weights under decoder.*
 //     /log/          per-epoch float64 arrays epoch_loss, val_miou, lr, epoch_seconds; step_loss
 
 struct Params: StageParameters {
     var seed = 0
     /// "labels" (the labels input, 255 ignored), "ground_truth" (the dataset's masks: the fully
-    /// supervised bound), "single_stage" (FSR; not implemented yet).
+    /// supervised bound), "single_stage" (image-level labels only: classification + online
+    /// pseudo labels, see SingleStage.swift).
     var supervision = "labels"
+    /// Single stage: "baseline" (classification + pseudo-label segmentation) or "fsr" (adds
+    /// feature self-reinforcement).
+    var singleStageMethod = "baseline"
+    /// Single stage: segmentation loss weight and the epochs of classification only before it.
+    var segWeight = 0.1
+    var segWarmupEpochs = 1
+    /// Single stage pseudo labels: the two background scores of CAM -> PAR -> labels (FSR code:
+    /// high_thre 0.7, low_thre 0.25).
+    var bgHigh = 0.7
+    var bgLow = 0.25
+    var parIterations = 10
+    /// FSR (paper / reference defaults; the projector is scaled down from 2048-256-4096).
+    var fsrClassWeight = 0.1
+    var fsrPatchWeight = 0.1
+    var maskRatio = 0.4
+    var uncertainLow = 0.2
+    var uncertainHigh = 0.7
+    var maskBlock = 1
+    var randomMaskFraction = 0.2
+    var teacherMomentum = 0.9995
+    var teacherTempWarmup = 0.04
+    var teacherTemp = 0.07
+    var teacherTempWarmupFraction = 0.125
+    var studentTemp = 0.1
+    var centreMomentum = 0.9
+    var aggregationBlocks = 2
+    var projectorHidden = 512
+    var projectorBottleneck = 128
+    var projectorOutDim = 1024
     var epochs = 4
     var batchSize = 32
     var lr = 1e-3
@@ -51,13 +86,22 @@ struct Params: StageParameters {
         case scaleMin = "scale_min", scaleMax = "scale_max", flip, colorJitter = "color_jitter"
         case decoderChannels = "decoder_channels", dilations, imageSize = "image_size", patchSize = "patch_size"
         case depth, dim, heads, evalScales = "eval_scales", evalFlip = "eval_flip", valEvery = "val_every", samples
+        case singleStageMethod = "single_stage_method", segWeight = "seg_weight", segWarmupEpochs = "seg_warmup_epochs"
+        case bgHigh = "bg_high", bgLow = "bg_low", parIterations = "par_iterations"
+        case fsrClassWeight = "fsr_class_weight", fsrPatchWeight = "fsr_patch_weight", maskRatio = "mask_ratio"
+        case uncertainLow = "uncertain_low", uncertainHigh = "uncertain_high", maskBlock = "mask_block"
+        case randomMaskFraction = "random_mask_fraction", teacherMomentum = "teacher_momentum"
+        case teacherTempWarmup = "teacher_temp_warmup", teacherTemp = "teacher_temp"
+        case teacherTempWarmupFraction = "teacher_temp_warmup_fraction", studentTemp = "student_temp"
+        case centreMomentum = "centre_momentum", aggregationBlocks = "aggregation_blocks", projectorHidden = "projector_hidden"
+        case projectorBottleneck = "projector_bottleneck", projectorOutDim = "projector_out_dim"
     }
     init() {}
 }
 
 let spec = StageSpec(
     name: "seg-train", version: "0.1.0",
-    summary: "Trains a segmentation network (ViT + ASPP-lite decoder) on label maps or ground truth; predicts the val split.",
+    summary: "Trains a segmentation network (ViT + ASPP-lite decoder) on label maps, ground truth, or single stage from image-level labels (baseline or FSR); predicts the val split.",
     inputs: ["dataset"], optionalInputs: ["init", "labels"], outputs: ["checkpoint", "predictions", "samples"])
 
 /// The parts of a classifier checkpoint the backbone starts from (layout of classify-train's checkpoints).
@@ -147,7 +191,9 @@ StageMain.run(spec, parameters: Params.self) { ctx in
     switch p.supervision {
     case "labels", "ground_truth": break
     case "single_stage":
-        throw StageError("supervision 'single_stage' (FSR) is not implemented yet; use 'labels' or 'ground_truth'")
+        guard ["baseline", "fsr"].contains(p.singleStageMethod) else {
+            throw StageError("unknown single_stage_method '\(p.singleStageMethod)' (known: baseline, fsr)")
+        }
     default:
         throw StageError("unknown supervision '\(p.supervision)' (known: labels, ground_truth, single_stage)")
     }
@@ -169,7 +215,7 @@ StageMain.run(spec, parameters: Params.self) { ctx in
     let C = dataset.numClasses
 
     // Training items: image and label map, from the labels artifact or the dataset's masks.
-    var trainImages: [RGBImage] = [], trainLabels: [[UInt8]] = []
+    var trainImages: [RGBImage] = [], trainLabels: [[UInt8]] = [], trainClassLabels: [[Float]] = []
     if p.supervision == "labels" {
         guard let labelsPath = ctx.optionalInput("labels") else {
             throw StageError("supervision 'labels' needs the input 'labels' (a labels artifact of the train split), or use supervision=ground_truth")
@@ -196,6 +242,13 @@ StageMain.run(spec, parameters: Params.self) { ctx in
             trainImages.append(image)
             trainLabels.append(map.values)
         }
+    } else if p.supervision == "single_stage" {
+        // Image-level labels only: the masks of the train split are never read.
+        if ctx.optionalInput("labels") != nil { ctx.log.warning("supervision is single_stage: the labels input is not used") }
+        for i in 0..<trainSplit.count {
+            trainImages.append(try trainSplit.image(i))
+            trainClassLabels.append(try trainSplit.labels(i).map { $0 != 0 ? 1 : 0 })
+        }
     } else {
         if ctx.optionalInput("labels") != nil { ctx.log.warning("supervision is ground_truth: the labels input is not used") }
         for i in 0..<trainSplit.count {
@@ -206,17 +259,19 @@ StageMain.run(spec, parameters: Params.self) { ctx in
     guard !trainImages.isEmpty else { throw StoreError(path: datasetPath, "split 'train' is empty") }
 
     // Backbone: from the classifier checkpoint, or random with the parameters' shape.
+    let useFSR = p.supervision == "single_stage" && p.singleStageMethod == "fsr"
     let backbone: ViT, normalization: Normalization
     if let initPath = ctx.optionalInput("init") {
         let initial = try LoadedCheckpoint(path: initPath)
         guard initial.classNames == dataset.classNames else {
             throw StoreError(path: initPath, "was trained on classes \(initial.classNames), the dataset \(datasetPath) has \(dataset.classNames)")
         }
-        backbone = try initial.makeModel()
+        backbone = useFSR && !initial.config.maskToken ? try withMaskToken(initial, seed: UInt64(p.seed)) : try initial.makeModel()
         normalization = initial.normalization
     } else {
         let size = p.imageSize > 0 ? p.imageSize : try trainSplit.size(0).width
-        let config = ViTConfig(imageSize: size, patchSize: p.patchSize, depth: p.depth, dim: p.dim, heads: p.heads, numClasses: C)
+        let config = ViTConfig(imageSize: size, patchSize: p.patchSize, depth: p.depth, dim: p.dim, heads: p.heads, numClasses: C,
+                               maskToken: useFSR)
         do { try config.validate() } catch { throw StageError("backbone: \(error)") }
         backbone = try ViT(config: config, seed: UInt64(p.seed))
         normalization = .imageNet
@@ -236,7 +291,14 @@ StageMain.run(spec, parameters: Params.self) { ctx in
     settings.clipGradNorm = p.clipGradNorm
     settings.polyPower = p.polyPower
     settings.totalSteps = stepsPerEpoch * p.epochs
-    let trainer = SegTrainer(network: network, settings: settings)
+    // Supervised: SegTrainer on label maps; single stage: SingleStageRun (SingleStage.swift).
+    let single: SingleStageRun? = p.supervision == "single_stage"
+        ? try SingleStageRun(params: p, network: network, images: trainImages, classLabels: trainClassLabels, size: size,
+                             augmentation: augmentation, normalization: normalization, optimizer: settings, stepsPerEpoch: stepsPerEpoch)
+        : nil
+    let trainer: SegTrainer? = single == nil ? SegTrainer(network: network, settings: settings) : nil
+    var optimizerSteps: Int { single?.trainer.step ?? trainer!.step }
+    func learningRate(atStep step: Int) -> Double { single?.trainer.schedule.lr(atStep: step) ?? trainer!.schedule.lr(atStep: step) }
     let predictor = Predictor(network: network, trainSize: size, scales: p.evalScales, flip: p.evalFlip, normalization: normalization)
 
     func evaluate(write writer: LabelMapsWriter?, pictures: inout [RGBImage]) throws -> ConfusionMatrix {
@@ -261,7 +323,7 @@ StageMain.run(spec, parameters: Params.self) { ctx in
         return confusion
     }
 
-    print("seg-train: \(trainImages.count) training images (\(p.supervision)), \(valSplit.count) val, \(size) px, " +
+    print("seg-train: \(trainImages.count) training images (\(p.supervision)\(single.map { ", " + $0.summary } ?? "")), \(valSplit.count) val, \(size) px, " +
           "backbone \(ctx.optionalInput("init") == nil ? "random" : "from init") (\(backbone.parameterCount) params), " +
           "decoder \(network.decoder.parameterCount) params, \(settings.totalSteps) steps")
 fflush(stdout)
@@ -278,6 +340,17 @@ fflush(stdout)
         var lossSum = 0.0, lossCount = 0
         for s in 0..<stepsPerEpoch {
             let batch = Array(order[(s * p.batchSize)..<min((s + 1) * p.batchSize, order.count)])
+            if let single {
+                let result = try single.step(batch: batch, rng: &rng)
+                stepLoss.append(result.loss)
+                lossSum += result.loss
+                lossCount += 1
+                progress.advance(by: batch.count, note: String(format: "epoch %d/%d loss %.4f (cls %.4f seg %.4f%@) lr %.2e", epoch, p.epochs,
+                                                               result.loss, result.clsLoss, result.segLoss,
+                                                               single.settings.fsr ? String(format: " fsr %.4f/%.4f", result.fsrClassLoss, result.fsrPatchLoss) : "",
+                                                               result.lr))
+                continue
+            }
             let input = batch.count == p.batchSize ? images : Tensor(shape: [batch.count, size, size, 3])
             for (b, index) in batch.enumerated() {
                 let image = trainImages[index]
@@ -293,13 +366,13 @@ fflush(stdout)
                     }
                 }
             }
-            let result = try labels.withUnsafeBufferPointer { try trainer.trainStep(images: input, labels: $0.baseAddress!) }
+            let result = try labels.withUnsafeBufferPointer { try trainer!.trainStep(images: input, labels: $0.baseAddress!) }
             stepLoss.append(result.loss)
             if result.counted > 0 { lossSum += result.loss; lossCount += 1 }
             progress.advance(by: batch.count, note: String(format: "epoch %d/%d loss %.4f lr %.2e", epoch, p.epochs, result.loss, result.lr))
         }
         epochLoss.append(lossCount > 0 ? lossSum / Double(lossCount) : 0)
-        epochLR.append(trainer.schedule.lr(atStep: max(trainer.step - 1, 0)))
+        epochLR.append(learningRate(atStep: max(optimizerSteps - 1, 0)))
         epochSeconds.append(Date().timeIntervalSince(started))
         var line = String(format: "seg-train: epoch %d/%d loss %.4f (%.1f s)", epoch, p.epochs, epochLoss.last!, epochSeconds.last!)
         if epoch < p.epochs && p.valEvery > 0 && epoch % p.valEvery == 0 {
@@ -332,7 +405,8 @@ fflush(stdout)
     try root.setAttribute("supervision", p.supervision)
     try root.setAttribute("seed", Int64(p.seed))
     try root.setAttribute("epochs_completed", Int64(p.epochs))
-    try root.setAttribute("steps_completed", Int64(trainer.step))
+    try root.setAttribute("steps_completed", Int64(optimizerSteps))
+    try single?.write(to: root)
     let weights = try root.createGroup("weights")
     for q in network.parameters {
         try weights.write(q.name, UnsafeBufferPointer(start: q.value.data, count: q.value.count), shape: q.value.shape)

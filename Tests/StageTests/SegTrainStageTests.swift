@@ -130,12 +130,4 @@ final class SegTrainStageTests: XCTestCase {
         XCTAssertTrue(result.stderr.contains("supervision 'labels' needs the input 'labels'"), result.stderr)
         assertNoOutputs()
     }
-
-    func testSingleStageIsNotImplementedYet() throws {
-        let dataset = try StageHarness.tinyDataset(in: folder)
-        let result = try StageHarness.run("seg-train", ["--in", "dataset=\(dataset)", "--param", "supervision=single_stage"] + tiny + outputs())
-        XCTAssertEqual(result.status, 1)
-        XCTAssertEqual(result.stderr, "error: seg-train: supervision 'single_stage' (FSR) is not implemented yet; use 'labels' or 'ground_truth'\n")
-        assertNoOutputs()
-    }
 }

@@ -1,0 +1,182 @@
+import ArtifactStore
+import Engine
+import Foundation
+import Imaging
+import Localization
+import StageKit
+
+/// Single-stage training from image-level labels (supervision=single_stage): batches of
+/// augmented views, online pseudo labels from the current CAMs (normalised CAMs of the present
+/// classes -> PAR -> two background scores, `ConfidentLabels`), and `SingleStageTrainer`
+/// (baseline, or FSR with a second view and the EMA teacher).
+final class SingleStageRun {
+    let trainer: SingleStageTrainer
+    let settings: SingleStageSettings
+    let confident: ConfidentLabels
+    let method: String
+    let images: [RGBImage]
+    let classLabels: [[Float]]
+    let size: Int
+    let augmentation: AugmentationSettings
+    let normalization: Normalization
+    let view: Tensor, secondView: Tensor
+
+    init(params p: Params, network: SegNetwork, images: [RGBImage], classLabels: [[Float]], size: Int,
+         augmentation: AugmentationSettings, normalization: Normalization, optimizer: SegOptimizerSettings, stepsPerEpoch: Int) throws {
+        var s = SingleStageSettings()
+        s.optimizer = optimizer
+        s.segWeight = p.segWeight
+        guard p.segWarmupEpochs >= 0 else { throw StageError("seg_warmup_epochs must be >= 0") }
+        s.segWarmupSteps = p.segWarmupEpochs * stepsPerEpoch
+        s.fsr = p.singleStageMethod == "fsr"
+        s.fsrClassWeight = p.fsrClassWeight
+        s.fsrPatchWeight = p.fsrPatchWeight
+        s.maskRatio = p.maskRatio
+        s.uncertainLow = p.uncertainLow
+        s.uncertainHigh = p.uncertainHigh
+        s.maskBlock = p.maskBlock
+        s.randomMaskFraction = p.randomMaskFraction
+        s.teacherMomentum = p.teacherMomentum
+        s.teacherTempWarmup = p.teacherTempWarmup
+        s.teacherTemp = p.teacherTemp
+        s.teacherTempWarmupFraction = p.teacherTempWarmupFraction
+        s.studentTemp = p.studentTemp
+        s.centreMomentum = p.centreMomentum
+        do { try s.validate() } catch { throw StageError("\(error)") }
+        guard p.bgLow < p.bgHigh, p.parIterations >= 0 else {
+            throw StageError("bg_low (\(p.bgLow)) must be below bg_high (\(p.bgHigh)) and par_iterations >= 0")
+        }
+        var confident = ConfidentLabels()
+        confident.highBackground = Float(p.bgHigh)
+        confident.lowBackground = Float(p.bgLow)
+        confident.par.iterations = p.parIterations
+        var head: FSRHead? = nil
+        if s.fsr {
+            let config = FSRHeadConfig(dim: network.backbone.config.dim, heads: network.backbone.config.heads, blocks: p.aggregationBlocks,
+                                       mlpRatio: network.backbone.config.mlpRatio, projectorHidden: p.projectorHidden,
+                                       bottleneck: p.projectorBottleneck, outDim: p.projectorOutDim)
+            do { head = try FSRHead(config: config, seed: UInt64(p.seed) &+ 2) } catch { throw StageError("FSR head: \(error)") }
+        }
+        do { trainer = try SingleStageTrainer(network: network, head: head, settings: s, seed: UInt64(p.seed)) } catch {
+            throw StageError("single stage: \(error)")
+        }
+        settings = s
+        self.confident = confident
+        method = p.singleStageMethod
+        self.images = images
+        self.classLabels = classLabels
+        self.size = size
+        self.augmentation = augmentation
+        self.normalization = normalization
+        view = Tensor(shape: [p.batchSize, size, size, 3])
+        secondView = Tensor(shape: [p.batchSize, size, size, 3])
+    }
+
+    var summary: String {
+        var text = "single stage \(method), seg weight \(settings.segWeight) after \(settings.segWarmupSteps) steps"
+        if settings.fsr, let head = trainer.head {
+            text += ", FSR mask ratio \(settings.maskRatio), head \(head.parameterCount) params"
+        }
+        return text
+    }
+
+    /// One optimiser step on the images `batch` (indices into `images`).
+    func step(batch: [Int], rng: inout TrainingRandom) throws -> SingleStageTrainer.StepResult {
+        let B = batch.count, C = classLabels.first?.count ?? 0
+        let first = B == view.shape[0] ? view : Tensor(shape: [B, size, size, 3])
+        let second = B == secondView.shape[0] ? secondView : Tensor(shape: [B, size, size, 3])
+        var draws: [AugmentationDraw] = []
+        var batchLabels = [Float](repeating: 0, count: B * C)
+        for (b, index) in batch.enumerated() {
+            let image = images[index]
+            let draw = ImageAugmenter.draw(size: size, settings: augmentation, using: &rng)
+            draws.append(draw)
+            image.pixels.withUnsafeBufferPointer {
+                ImageAugmenter.render($0.baseAddress!, width: image.width, height: image.height,
+                                      into: first.data + b * size * size * 3, size: size, draw: draw, normalization: normalization)
+            }
+            if settings.fsr {
+                let other = ImageAugmenter.draw(size: size, settings: augmentation, using: &rng)
+                image.pixels.withUnsafeBufferPointer {
+                    ImageAugmenter.render($0.baseAddress!, width: image.width, height: image.height,
+                                          into: second.data + b * size * size * 3, size: size, draw: other, normalization: normalization)
+                }
+            }
+            for c in 0..<C { batchLabels[b * C + c] = classLabels[index][c] }
+        }
+        return try batchLabels.withUnsafeBufferPointer { labels in
+            try trainer.trainStep(view: first, secondView: settings.fsr ? second : nil, labels: labels.baseAddress!) { acts in
+                pseudoLabels(acts, view: first, draws: draws, labels: labels.baseAddress!, classes: C)
+            }
+        }
+    }
+
+    /// Labels [B, S, S] in {0...C, 255} from the forward's CAMs: per present class ReLU(score)
+    /// over its maximum on the patch grid, then ConfidentLabels (resize, PAR against the view,
+    /// two background scores). Padding that the augmentation added around a shrunken image is 255.
+    func pseudoLabels(_ acts: ViTActivations, view: Tensor, draws: [AugmentationDraw], labels: UnsafePointer<Float>, classes C: Int) -> [UInt8] {
+        let B = acts.batch, N = acts.patches, h = acts.gridH, w = acts.gridW, S = size
+        var out = [UInt8](repeating: 255, count: B * S * S)
+        let scores = acts.patchScores.data
+        for b in 0..<B {
+            let present = (0..<C).filter { labels[b * C + $0] > 0.5 }
+            var values = [Float](repeating: 0, count: present.count * N)
+            for (k, c) in present.enumerated() {
+                var top: Float = 0
+                for n in 0..<N { top = max(top, scores[(b * N + n) * C + c]) }
+                let inv = 1 / (top + 1e-5)
+                for n in 0..<N { values[k * N + n] = max(scores[(b * N + n) * C + c], 0) * inv }
+            }
+            let maps = ClassMaps(classes: present.map { $0 + 1 }, height: h, width: w, values: values)
+            let map = confident.labels(image: denormalised(view, index: b), maps: maps)
+            let d = draws[b]
+            for y in 0..<S where y + d.cropY >= 0 && y + d.cropY < d.resizedHeight {
+                for x in 0..<S where x + d.cropX >= 0 && x + d.cropX < d.resizedWidth {
+                    out[(b * S + y) * S + x] = map[y * S + x]
+                }
+            }
+        }
+        return out
+    }
+
+    /// The view as 8-bit RGB (PAR reads colour differences).
+    func denormalised(_ t: Tensor, index b: Int) -> RGBImage {
+        let S = size, src = t.data + b * S * S * 3
+        var pixels = [UInt8](repeating: 0, count: S * S * 3)
+        for i in 0..<(S * S) {
+            for c in 0..<3 {
+                let v = src[i * 3 + c] * normalization.std[c] + normalization.mean[c]
+                pixels[i * 3 + c] = UInt8((min(max(v, 0), 1) * 255).rounded())
+            }
+        }
+        return RGBImage(width: S, height: S, pixels: pixels)
+    }
+
+    /// Single-stage attributes and, with FSR, the teacher and head weights.
+    func write(to root: HDF5Group) throws {
+        try root.setAttribute("single_stage_method", method)
+        try root.setAttribute("single_stage", try jsonString(settings))
+        try root.setAttribute("pseudo_labels", try jsonString(confident))
+        guard settings.fsr, let head = trainer.head, let teacher = trainer.teacher, let teacherHead = trainer.teacherHead else { return }
+        try root.setAttribute("fsr_head_config", try jsonString(head.config))
+        for (group, parameters) in [("ema_weights", teacher.parameters), ("fsr_weights", head.parameters), ("fsr_ema_weights", teacherHead.parameters)] {
+            let g = try root.createGroup(group)
+            for q in parameters {
+                try g.write(q.name, UnsafeBufferPointer(start: q.value.data, count: q.value.count), shape: q.value.shape)
+            }
+        }
+    }
+}
+
+/// A classifier checkpoint's backbone with a mask token added (FSR masks patch embeddings);
+/// the token starts like a fresh model's.
+func withMaskToken(_ checkpoint: LoadedCheckpoint, seed: UInt64) throws -> ViT {
+    var config = checkpoint.config
+    config.maskToken = true
+    let model = try ViT(config: config, seed: seed)
+    var arrays = try checkpoint.tensors("weights", keep: { !$0.hasPrefix("decoder.") })
+    let token = model.parameter(named: "mask_token")!
+    arrays["mask_token"] = (token.value.shape, token.value.toArray())
+    do { try model.load(arrays) } catch let error as EngineError { throw StoreError(path: checkpoint.path, error.description) }
+    return model
+}

@@ -1,0 +1,139 @@
+import ArtifactStore
+import Datasets
+import Foundation
+import Imaging
+import Localization
+import XCTest
+
+/// seg-train supervision=single_stage (baseline and FSR) end to end at toy size.
+final class SingleStageStageTests: XCTestCase {
+    var folder: URL!
+    override func setUpWithError() throws { folder = try StageHarness.temporaryFolder() }
+    override func tearDownWithError() throws { try? FileManager.default.removeItem(at: folder) }
+    func path(_ name: String) -> String { folder.appendingPathComponent(name).path }
+
+    /// Image 16, patch 4, dim 16, depth 2; 8 train images in batches of 4, 2 epochs, segmentation from epoch 2.
+    let toy = ["--param", "supervision=single_stage", "--param", "image_size=16", "--param", "patch_size=4", "--param", "dim=16",
+               "--param", "depth=2", "--param", "heads=2", "--param", "decoder_channels=8", "--param", "epochs=2",
+               "--param", "batch_size=4", "--param", "seg_warmup_epochs=1", "--param", "projector_hidden=16",
+               "--param", "projector_bottleneck=8", "--param", "projector_out_dim=32"]
+
+    func outputs(_ prefix: String) -> [String] {
+        ["--out", "checkpoint=\(path(prefix + "ck.h5"))", "--out", "predictions=\(path(prefix + "pred.h5"))",
+         "--out", "samples=\(path(prefix + "s.png"))"]
+    }
+
+    /// A copy of `source` whose train masks are all background (image-level labels kept): a
+    /// single-stage run must not notice.
+    func copyWithBlankTrainMasks(_ source: String, to destination: String) throws {
+        let reader = try DatasetReader(path: source)
+        let artifact = try ArtifactWriter(path: destination, provenance: Provenance(kind: .dataset, formatVersion: 1, producer: "test"))
+        let writer = try DatasetWriter(root: artifact.root, classNames: reader.classNames)
+        for name in ["train", "val"] {
+            let split = try reader.split(name)
+            let out = try writer.beginSplit(name)
+            for i in 0..<split.count {
+                var mask = try split.mask(i)
+                if name == "train" { mask = LabelMap(width: mask.width, height: mask.height, labels: [UInt8](repeating: 0, count: mask.labels.count)) }
+                try out.append(id: try split.id(i), image: try split.image(i), mask: mask, labels: try split.labels(i))
+            }
+            try out.finish()
+        }
+        try artifact.commit()
+    }
+
+    func testBaselineAndFSRWritePredictionsThatEvaluateScores() throws {
+        let dataset = try StageHarness.tinyDataset(in: folder)
+        let reader = try DatasetReader(path: dataset)
+        let val = try reader.split("val")
+        for method in ["baseline", "fsr"] {
+            let result = try StageHarness.run("seg-train", ["--in", "dataset=\(dataset)", "--param", "single_stage_method=\(method)"] + toy + outputs(method))
+            XCTAssertEqual(result.status, 0, result.stderr)
+            XCTAssertTrue(result.stdout.contains("single stage \(method)"), result.stdout)
+            XCTAssertTrue(result.stdout.contains("val mIoU"), result.stdout)
+            // The progress lines show the loss terms.
+            XCTAssertTrue(result.stderr.contains(method == "fsr" ? "fsr " : "cls "), result.stderr)
+
+            let predictions = try LabelMapsReader(path: path(method + "pred.h5"), kind: .predictions)
+            XCTAssertEqual(predictions.count, val.count)
+            XCTAssertEqual(predictions.context.split, "val")
+            for n in 0..<predictions.count {
+                let map = try predictions.labels(n)
+                let size = try val.size(n)
+                XCTAssertEqual([map.height, map.width], [size.height, size.width])
+                XCTAssertTrue(map.values.allSatisfy { Int($0) <= reader.numClasses })
+            }
+
+            let checkpoint = try ArtifactReader(path: path(method + "ck.h5"), kind: .checkpoint)
+            let root = checkpoint.root
+            XCTAssertEqual(try root.stringAttribute("supervision"), "single_stage")
+            XCTAssertEqual(try root.stringAttribute("single_stage_method"), method)
+            let settings = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(try root.stringAttribute("single_stage").utf8)) as? [String: Any])
+            XCTAssertEqual(settings["seg_warmup_steps"] as? Int, 2)  // one epoch of 8 images in batches of 4
+            XCTAssertEqual(settings["fsr"] as? Bool, method == "fsr")
+            XCTAssertEqual(settings["mask_ratio"] as? Double, 0.4)
+            XCTAssertEqual(settings["teacher_momentum"] as? Double, 0.9995)
+            XCTAssertTrue(root.hasAttribute("pseudo_labels"))
+            XCTAssertTrue(checkpoint.provenance.paramsJSON.contains(#""single_stage_method":"\#(method)""#), checkpoint.provenance.paramsJSON)
+            let steps = try root.group("log").read("step_loss", as: Double.self).values
+            XCTAssertEqual(steps.count, 4)
+            XCTAssertTrue(steps.allSatisfy { $0.isFinite && $0 > 0 }, "\(steps)")
+            let weights = try root.group("weights")
+            XCTAssertEqual(try weights.shape(of: "decoder.classifier.weight"), [reader.numClasses + 1, 8, 1, 1])
+            XCTAssertEqual(try weights.shape(of: "cam_head.weight"), [reader.numClasses, 16])
+            if method == "fsr" {
+                XCTAssertEqual(try weights.shape(of: "mask_token"), [1, 1, 16])
+                XCTAssertEqual(try root.group("ema_weights").shape(of: "pos_embed"), [1, 17, 16])
+                XCTAssertEqual(try root.group("fsr_weights").shape(of: "fsr.projector.last_layer.weight_v"), [32, 8])
+                XCTAssertEqual(try root.group("fsr_ema_weights").shape(of: "fsr.aggregate.blocks.1.attn.kv.weight"), [32, 16])
+                let head = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(try root.stringAttribute("fsr_head_config").utf8)) as? [String: Any])
+                XCTAssertEqual(head["blocks"] as? Int, 2)
+                XCTAssertEqual(head["out_dim"] as? Int, 32)
+            } else {
+                XCTAssertFalse(root.contains("ema_weights"))
+                XCTAssertThrowsError(try weights.shape(of: "mask_token"))
+            }
+
+            let evaluation = try StageHarness.run("evaluate", ["--in", "dataset=\(dataset)", "--in", "subject=\(path(method + "pred.h5"))",
+                "--out", "metrics=\(path(method + "m.h5"))", "--out", "metrics_json=\(path(method + "m.json"))", "--out", "panels=\(path(method + "p.png"))"])
+            XCTAssertEqual(evaluation.status, 0, evaluation.stderr)
+            let json = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path(method + "m.json")))) as? [String: Any])
+            XCTAssertTrue((0...1).contains(try XCTUnwrap(json["miou"] as? Double)))
+        }
+    }
+
+    /// Only image-level labels are read: blanking the train masks changes no training loss.
+    func testTrainMasksAreNeverRead() throws {
+        let dataset = try StageHarness.tinyDataset(in: folder)
+        try copyWithBlankTrainMasks(dataset, to: path("blank.h5"))
+        var losses: [[Double]] = []
+        for (name, file) in [("a-", dataset), ("b-", path("blank.h5"))] {
+            let result = try StageHarness.run("seg-train", ["--in", "dataset=\(file)", "--param", "single_stage_method=fsr"] + toy + outputs(name))
+            XCTAssertEqual(result.status, 0, result.stderr)
+            losses.append(try ArtifactReader(path: path(name + "ck.h5"), kind: .checkpoint).root.group("log").read("step_loss", as: Double.self).values)
+        }
+        XCTAssertEqual(losses[0], losses[1])
+        // Supervised training does read them: the same swap changes its losses.
+        var supervised: [[Double]] = []
+        for (name, file) in [("c-", dataset), ("d-", path("blank.h5"))] {
+            let result = try StageHarness.run("seg-train", ["--in", "dataset=\(file)"] + Array(toy.dropFirst(2)) + ["--param", "supervision=ground_truth"] + outputs(name))
+            XCTAssertEqual(result.status, 0, result.stderr)
+            supervised.append(try ArtifactReader(path: path(name + "ck.h5"), kind: .checkpoint).root.group("log").read("step_loss", as: Double.self).values)
+        }
+        XCTAssertNotEqual(supervised[0], supervised[1])
+    }
+
+    func testBadSingleStageParametersAreRefused() throws {
+        let dataset = try StageHarness.tinyDataset(in: folder)
+        for (params, message) in [(["single_stage_method=dino"], "unknown single_stage_method 'dino'"),
+                                  (["single_stage_method=fsr", "mask_ratio=1.0"], "mask_ratio 1.0 outside [0, 1)"),
+                                  (["single_stage_method=fsr", "uncertain_low=0.7"], "uncertain_low 0.7 must be below uncertain_high 0.7"),
+                                  (["bg_low=0.8"], "bg_low (0.8) must be below bg_high (0.7)")] {
+            let result = try StageHarness.run("seg-train", ["--in", "dataset=\(dataset)"] + toy + params.flatMap { ["--param", $0] } + outputs("x"))
+            let param = params.joined(separator: " ")
+            XCTAssertEqual(result.status, 1, param)
+            XCTAssertTrue(result.stderr.hasPrefix("error: seg-train: ") && result.stderr.contains(message), result.stderr)
+            for file in ["xck.h5", "xpred.h5", "xs.png"] { XCTAssertFalse(FileManager.default.fileExists(atPath: path(file))) }
+        }
+    }
+}
