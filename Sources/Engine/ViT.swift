@@ -367,6 +367,15 @@ public final class ViTOf<S: EngineScalar> {
             + stem.forwardFLOPs(height: gh * config.patchSize, width: gw * config.patchSize)
     }
 
+    /// FLOPs of one training image: forward + backward (~3x forward) of the trainable part,
+    /// the frozen stem's forward once (it has no backward).
+    public func trainingFLOPs(gridH: Int? = nil, gridW: Int? = nil) -> Double {
+        let gh = gridH ?? config.grid, gw = gridW ?? config.grid
+        guard let stem else { return 3 * config.forwardFLOPs(gridH: gh, gridW: gw) }
+        return 3 * config.transformerFLOPs(gridH: gh, gridW: gw, patchFeatures: stem.outChannels)
+            + stem.forwardFLOPs(height: gh * config.patchSize, width: gw * config.patchSize)
+    }
+
     /// Loads every parameter by name, and the stem's "stem.*" tensors for a model with a stem.
     /// Fails (changing nothing) on a missing or extra name or a shape mismatch. A CAM head stored
     /// as a [C, D, 1, 1] convolution is accepted too.

@@ -349,7 +349,7 @@ StageMain.run(spec, parameters: Params.self) { ctx in
         ctx.log.info("resuming at epoch \(startEpoch + 1) of \(p.epochs), optimiser step \(trainer.step)")
     }
 
-    ctx.log.info("model: \(model.parameterCount) parameters, \(config.tokens) tokens, \(String(format: "%.2f", 3 * model.forwardFLOPs() / 1e9)) GFLOP per training image")
+    ctx.log.info("model: \(model.parameterCount) parameters, \(config.tokens) tokens, \(String(format: "%.2f", model.trainingFLOPs() / 1e9)) GFLOP per training image")
     ctx.log.info("data: \(train.count) train images (\(stepsPerEpoch) steps of \(batch) per epoch), \(val.count) val images, \(dataset.numClasses) classes")
 
     let classes = config.numClasses

@@ -154,7 +154,19 @@ final class StemTests: XCTestCase {
         // FLOPs include the stem: more than the same transformer over 10 features alone.
         XCTAssertGreaterThan(m.forwardFLOPs(), Self.hybrid.transformerFLOPs(gridH: 2, gridW: 2, patchFeatures: 10)
                                                 + m.stem!.forwardFLOPs(height: 16, width: 16) - 1)
-        XCTAssertGreaterThan(m.stem!.forwardFLOPs(height: 16, width: 16), 0)
+        let stemFLOPs = m.stem!.forwardFLOPs(height: 16, width: 16)
+        // By hand for the fixture's counts on 16 x 16: stem conv 8x8x8 outputs x 27 taps; block 0
+        // depthwise 8x8x8 x 9 + project 8x8 x 4x8; block 1 expand 8x8 x 12x4, depthwise (stride 2)
+        // 4x4x12 x 9, project 4x4 x 6x12; block 2 expand 4x4 x 18x6, depthwise 4x4x18 x 9, project
+        // 4x4 x 6x18; block 3 expand 4x4 x 18x6, depthwise (stride 2) 2x2x18 x 25, project 2x2 x 10x18;
+        // block 4 expand 2x2 x 30x10, depthwise 2x2x30 x 25, project 2x2 x 10x30.
+        let macs = 512 * 27 + 512 * 9 + 64 * 32 + 64 * 48 + 192 * 9 + 16 * 72 + 16 * 108 + 288 * 9 + 16 * 108
+            + 16 * 108 + 72 * 25 + 4 * 180 + 4 * 300 + 120 * 25 + 4 * 300
+        XCTAssertEqual(stemFLOPs, 2 * Double(macs))
+        XCTAssertEqual(m.trainingFLOPs(), 3 * Self.hybrid.transformerFLOPs(gridH: 2, gridW: 2, patchFeatures: 10) + stemFLOPs)
+        // The config alone counts the canonical EfficientNet-Lite0 stem (40 channels).
+        XCTAssertEqual(Self.hybrid.forwardFLOPs(), Self.hybrid.transformerFLOPs(gridH: 2, gridW: 2, patchFeatures: 40)
+                       + StemArchitecture.efficientNetLite0.canonicalFLOPs(height: 16, width: 16))
     }
 
     /// Gradients of every trainable parameter (patch embedding included) against central
