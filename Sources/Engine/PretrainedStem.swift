@@ -6,7 +6,8 @@ import Foundation
 //
 //     /                      kind "pretrained_stem", architecture (e.g. "efficientnet_lite0"),
 //                            blocks, stride, out_channels (int), input_mean [3], input_std [3]
-//                            (the network's input is (rgb_0_255 - input_mean) / input_std)
+//                            (the network's input is (rgb_0_255 - input_mean) / input_std;
+//                            absent: the architecture's, 127 / 128 for EfficientNet-Lite0)
 //     /stem/conv.weight      [C0, 3, 3, 3], /stem/conv.bias [C0]       3x3, stride 2, pad 1, ReLU6
 //     /blocks/<i>/expand.weight [Cexp, Cin, 1, 1] + expand.bias        (optional; ReLU6)
 //     /blocks/<i>/depthwise.weight [Cexp, 1, k, k] + depthwise.bias    (stride s, pad k/2; ReLU6)
@@ -194,14 +195,22 @@ public final class PretrainedStemOf<S: EngineScalar> {
             let a = try root.read(p, as: Float.self)
             tensors[p.replacingOccurrences(of: "/", with: ".")] = (a.shape, a.values)
         }
+        // The file's input statistics; absent, the architecture's own.
+        func stats(_ key: String, _ fallback: [Float]) throws -> [Float] {
+            root.hasAttribute(key) ? try root.doublesAttribute(key).map { Float($0) } : fallback
+        }
         let stem: PretrainedStemOf<S>
         do {
             stem = try PretrainedStemOf(architecture: name, tensors: tensors,
-                                        inputMean: try root.doublesAttribute("input_mean").map { Float($0) },
-                                        inputStd: try root.doublesAttribute("input_std").map { Float($0) },
+                                        inputMean: try stats("input_mean", arch.inputMean),
+                                        inputStd: try stats("input_std", arch.inputStd),
                                         inputNormalization: inputNormalization)
         } catch let error as EngineError {
-            throw fail(error.description)
+            // Name tensors as the file does ("blocks/3/depthwise.weight", not "blocks.3.depthwise.weight").
+            let text = error.description
+                .replacingOccurrences(of: #"'blocks\.(\d+)\."#, with: "'blocks/$1/", options: .regularExpression)
+                .replacingOccurrences(of: "'stem.conv", with: "'stem/conv")
+            throw fail(text)
         }
         let declared = Int(try root.int64Attribute("out_channels"))
         guard declared == stem.outChannels else {

@@ -104,6 +104,33 @@ final class StemTests: XCTestCase {
         XCTAssertThrowsError(try PretrainedStem.load(path: other, inputNormalization: .imageNet)) {
             XCTAssertTrue("\($0)".contains(other) && "\($0)".contains("pretrained_stem"), "\($0)")
         }
+        // A stem file with a misshapen tensor: the message uses the file's dataset path.
+        let bad = try HDF5File.create(other)
+        let root = try bad.root
+        try root.setAttribute("kind", "pretrained_stem")
+        try root.setAttribute("architecture", "efficientnet_lite0")
+        try root.setAttribute("blocks", Int64(5))
+        try root.setAttribute("stride", Int64(8))
+        try root.setAttribute("out_channels", Int64(40))
+        let fixture = try Self.fixtureTensors()
+        for (name, t) in fixture {
+            let parts = name.split(separator: ".", maxSplits: name.hasPrefix("blocks") ? 2 : 1).map(String.init)
+            let group = parts.dropLast().joined(separator: "/"), leaf = parts.last!
+            if !root.contains(group) {
+                var prefix = ""
+                for part in group.split(separator: "/") {
+                    let next = prefix.isEmpty ? String(part) : prefix + "/" + part
+                    if !root.contains(next) { _ = try (prefix.isEmpty ? root : root.group(prefix)).createGroup(String(part)) }
+                    prefix = next
+                }
+            }
+            let shape = name == "blocks.1.depthwise.weight" ? [t.shape[0], 1, 5, 5] : t.shape
+            try root.group(group).write(leaf, [Float](repeating: 0, count: shape.reduce(1, *)), shape: shape)
+        }
+        bad.close()
+        XCTAssertThrowsError(try PretrainedStem.load(path: other, inputNormalization: .imageNet)) {
+            XCTAssertTrue("\($0)".contains(other) && "\($0)".contains("'blocks/1/depthwise.weight' has shape"), "\($0)")
+        }
     }
 
     static let hybrid = ViTConfig(imageSize: 16, patchSize: 8, depth: 1, dim: 8, heads: 2, mlpRatio: 2, numClasses: 3,
