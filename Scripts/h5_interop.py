@@ -56,6 +56,9 @@ def write(path):
         f.attrs["inputs"] = "{}"
         f.attrs["created_at"] = "2026-01-01T00:00:00Z"
         f.attrs["fixed"] = np.bytes_(b"fixed-length")
+        f.attrs["int_list"] = [127, 127, 127]  # numeric array attributes (doublesAttribute)
+        f.attrs["float_list"] = [0.5, 1.5]
+        f.attrs["int_scalar"] = 8
     print("h5py-write-ok")
 
 

@@ -413,6 +413,25 @@ public final class HDF5Group {
         return value
     }
 
+    /// Reads a numeric attribute of any shape (scalar or array, integer or float, e.g. h5py's
+    /// `attrs["x"] = [1, 2, 3]`) as Doubles in row-major order.
+    public func doublesAttribute(_ name: String) throws -> [Double] {
+        let attribute = try openAttribute(name)
+        defer { H5Aclose(attribute) }
+        let space = H5Aget_space(attribute)
+        defer { H5Sclose(space) }
+        let count = max(1, Int(H5Sget_simple_extent_npoints(space)))
+        var values = [Double](repeating: 0, count: count)
+        let fileType = H5Aget_type(attribute)
+        defer { H5Tclose(fileType) }
+        let typeClass = H5Tget_class(fileType)
+        guard typeClass == H5T_INTEGER || typeClass == H5T_FLOAT,
+              H5Aread(attribute, wsss_H5T_NATIVE_DOUBLE(), &values) >= 0 else {
+            throw StoreError(path: file.path, "attribute '\(name)' on '\(path)' is not numeric")
+        }
+        return values
+    }
+
     public func doubleAttribute(_ name: String) throws -> Double {
         let attribute = try openAttribute(name)
         defer { H5Aclose(attribute) }

@@ -60,6 +60,16 @@
 /// projector), `SelfDistillation` (`teacherProbabilities`, `crossEntropy`, `updateCentre`),
 /// `UncertaintyMasking` (`normalisedCAM`, `select`).
 ///
+/// **Pretrained stem (hybrid ViT).** `ViTConfig.stem` "patch" (default) or "efficientnet_lite0":
+/// ``PretrainedStemOf`` (`PretrainedStem.load(path:inputNormalization:)`, file layout in
+/// `PretrainedStem.swift`) is a frozen, forward-only EfficientNet-Lite0 stem + blocks 0-4 (stride
+/// 8) whose [B, H/8, W/8, Cs] features feed `patch_embed.proj` [D, Cs, 1, 1]; pass it as
+/// `ViT(config:seed:stem:)`. It takes the ViT's normalised input (its `inputNormalization`, the
+/// checkpoint's) and maps it back to its own (rgb - 127) / 128. Not in `parameters`; its tensors
+/// are in `stateDict()` / `frozenTensors` as `stem.*`, which checkpoint writers store in every
+/// weight group and `LoadedCheckpoint.makeModel` rebuilds the stem from. Kernels:
+/// `depthwiseConv2dForward`, `relu6`. `forwardFLOPs` / `trainingFLOPs` count the stem.
+///
 /// **Composed losses.** ``TapeOf`` / ``VarOf``: a small reverse-mode tape over tensors (broadcasting
 /// + - * /, sigmoid, relu, exp, log, abs, sqrt, square, clamp, sum/mean over axes, min-max
 /// normalisation, softmax/logSoftmax, batched matmul, reshape/permute/gather/slice/flip/concat,

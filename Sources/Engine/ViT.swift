@@ -18,10 +18,16 @@ public struct ViTConfig: Codable, Equatable, Sendable {
     /// Adds a learned `mask_token` [1, 1, D] that replaces the patch embeddings selected by
     /// `forward(patchMask:)` (masked-token training as in FSR / iBOT).
     public var maskToken: Bool
+    /// "patch": the linear patch embedding of the spec. Otherwise the name of a frozen pretrained
+    /// convolutional stem (``StemArchitecture``, e.g. "efficientnet_lite0") whose features
+    /// [B, H/p, W/p, Cs] the patch embedding maps with a 1x1 convolution `patch_embed.proj`
+    /// [D, Cs, 1, 1] (a hybrid ViT); `patchSize` must equal the stem's stride.
+    public var stem: String
 
     public init(imageSize: Int = 64, patchSize: Int = 8, inChannels: Int = 3, depth: Int = 6,
                 dim: Int = 192, heads: Int = 3, mlpRatio: Int = 4, numClasses: Int = 10,
-                dropPathRate: Double = 0, layerNormEps: Double = 1e-6, maskToken: Bool = false) {
+                dropPathRate: Double = 0, layerNormEps: Double = 1e-6, maskToken: Bool = false,
+                stem: String = "patch") {
         self.imageSize = imageSize
         self.patchSize = patchSize
         self.inChannels = inChannels
@@ -33,12 +39,14 @@ public struct ViTConfig: Codable, Equatable, Sendable {
         self.dropPathRate = dropPathRate
         self.layerNormEps = layerNormEps
         self.maskToken = maskToken
+        self.stem = stem
     }
 
     enum CodingKeys: String, CodingKey {
         case imageSize = "image_size", patchSize = "patch_size", inChannels = "in_channels"
         case depth, dim, heads, mlpRatio = "mlp_ratio", numClasses = "num_classes"
         case dropPathRate = "drop_path_rate", layerNormEps = "layernorm_eps", maskToken = "mask_token"
+        case stem
     }
 
     public init(from decoder: Decoder) throws {
@@ -54,7 +62,12 @@ public struct ViTConfig: Codable, Equatable, Sendable {
         dropPathRate = try c.decodeIfPresent(Double.self, forKey: .dropPathRate) ?? 0
         layerNormEps = try c.decodeIfPresent(Double.self, forKey: .layerNormEps) ?? 1e-6
         maskToken = try c.decodeIfPresent(Bool.self, forKey: .maskToken) ?? false
+        stem = try c.decodeIfPresent(String.self, forKey: .stem) ?? "patch"  // older checkpoints
     }
+
+    /// The pretrained stem's architecture, nil for the patch embedding.
+    public var stemArchitecture: StemArchitecture? { StemArchitecture.named(stem) }
+    public var hasPretrainedStem: Bool { stem != "patch" }
 
     /// Patch grid side at the training resolution.
     public var grid: Int { imageSize / patchSize }
@@ -72,6 +85,13 @@ public struct ViTConfig: Codable, Equatable, Sendable {
         if dim % heads != 0 { throw fail("dim \(dim) not divisible by heads \(heads)") }
         if !(dropPathRate >= 0 && dropPathRate < 1) { throw fail("drop_path_rate \(dropPathRate) outside [0, 1)") }
         if !(layerNormEps > 0) { throw fail("layernorm_eps must be > 0") }
+        if hasPretrainedStem {
+            guard let arch = stemArchitecture else {
+                throw fail("stem '\(stem)' is neither patch nor a known pretrained stem (\(StemArchitecture.all.map(\.name).joined(separator: ", ")))")
+            }
+            if patchSize != arch.stride { throw fail("the \(stem) stem has stride \(arch.stride), so patch_size must be \(arch.stride), got \(patchSize)") }
+            if inChannels != 3 { throw fail("the \(stem) stem takes 3 input channels, in_channels is \(inChannels)") }
+        }
     }
 
     /// Throws unless `shape` is a batch of images this model takes: [B, H, W, inChannels] with
@@ -86,10 +106,22 @@ public struct ViTConfig: Codable, Equatable, Sendable {
     }
 
     /// Multiply-adds x 2 of one forward pass at batch 1 for an input grid of gh x gw patches.
+    /// A pretrained stem counts with its architecture's canonical channel counts (a model's own
+    /// ``ViTOf/forwardFLOPs(gridH:gridW:)`` uses the loaded weights' counts).
     public func forwardFLOPs(gridH: Int? = nil, gridW: Int? = nil) -> Double {
-        let n = Double((gridH ?? grid) * (gridW ?? grid)), t = n + 1, d = Double(dim)
+        let gh = gridH ?? grid, gw = gridW ?? grid
+        if let arch = stemArchitecture {
+            return transformerFLOPs(gridH: gh, gridW: gw, patchFeatures: arch.outChannels.last!)
+                + arch.canonicalFLOPs(height: gh * patchSize, width: gw * patchSize)
+        }
+        return transformerFLOPs(gridH: gh, gridW: gw, patchFeatures: inChannels * patchSize * patchSize)
+    }
+
+    /// Everything from the patch embedding (over `patchFeatures` inputs per patch) on.
+    func transformerFLOPs(gridH: Int, gridW: Int, patchFeatures: Int) -> Double {
+        let n = Double(gridH * gridW), t = n + 1, d = Double(dim)
         let perBlock = 2 * t * d * (3 * d + d + 2 * Double(hidden)) + 4 * t * t * d
-        return 2 * n * d * Double(inChannels * patchSize * patchSize) + Double(depth) * perBlock
+        return 2 * n * d * Double(patchFeatures) + Double(depth) * perBlock
             + 2 * n * d * Double(numClasses) + 2 * d * Double(numClasses)
     }
 }
@@ -175,7 +207,7 @@ public final class ViTActivationsOf<S: EngineScalar> {
     public var hiddenStates: [TensorOf<S>] { xs.map { $0.reshaped([batch, tokenCount, $0.shape[1]]) } }
 
     // Caches.
-    let patchMatrix: TensorOf<S>               // [B*N, Cin*p*p]
+    let patchMatrix: TensorOf<S>               // [B*N, Cin*p*p], or [B*N, Cs] stem features
     let posUsed: TensorOf<S>?                  // [T, D] when the grid differs from training
     let xs: [TensorOf<S>]                      // block inputs (depth + 1, last = final norm input)
     let mids: [TensorOf<S>]                    // after the attention residual
@@ -188,7 +220,7 @@ public final class ViTActivationsOf<S: EngineScalar> {
     let branch: TensorOf<S>                    // scratch for a residual branch output
     var patchMask: [Bool] = []                 // [B*N], true = replaced by the mask token
 
-    init(config c: ViTConfig, batch: Int, gridH: Int, gridW: Int) {
+    init(config c: ViTConfig, batch: Int, gridH: Int, gridW: Int, patchFeatures: Int) {
         self.batch = batch
         self.gridH = gridH
         self.gridW = gridW
@@ -201,7 +233,7 @@ public final class ViTActivationsOf<S: EngineScalar> {
         tokens = TensorOf(shape: [batch, T, D])
         features = TensorOf(shape: [batch, N, D])
         classTokens = TensorOf(shape: [batch, D])
-        patchMatrix = TensorOf(shape: [batch * N, c.inChannels * c.patchSize * c.patchSize])
+        patchMatrix = TensorOf(shape: [batch * N, patchFeatures])
         posUsed = (gridH == c.grid && gridW == c.grid) ? nil : TensorOf(shape: [T, D])
         xs = (0...c.depth).map { _ in TensorOf(shape: [rows, D]) }
         mids = (0..<c.depth).map { _ in TensorOf(shape: [rows, D]) }
@@ -234,13 +266,28 @@ public final class ViTOf<S: EngineScalar> {
     let patchW, patchB, clsToken, posEmbed, normW, normB, camW, clsW, clsB: ParameterOf<S>
     let maskToken: ParameterOf<S>?
     let blocks: [Block]
+    /// The frozen pretrained stem (config `stem` other than "patch"): not a parameter, so no
+    /// optimiser, EMA or gradient ever touches it; its tensors are in `stateDict()` as "stem.*".
+    public let stem: PretrainedStemOf<S>?
+    /// Inputs of the patch embedding per patch: Cin*p*p, or the stem's output channels.
+    public var patchFeatures: Int { stem?.outChannels ?? config.inChannels * config.patchSize * config.patchSize }
     private var scratch: BackwardScratch?
 
     /// A model initialised from `seed`: trunc-normal(0.02) for every weight matrix (patch
     /// embedding and CAM head included, both are linear maps), position embedding and class
-    /// token; zero biases; LayerNorm weight 1, bias 0.
-    public init(config: ViTConfig, seed: UInt64) throws {
+    /// token; zero biases; LayerNorm weight 1, bias 0. A config with a pretrained stem needs
+    /// `stem` (of that architecture); its patch embedding is [D, stem.outChannels, 1, 1].
+    public init(config: ViTConfig, seed: UInt64, stem: PretrainedStemOf<S>? = nil) throws {
         try config.validate()
+        if config.hasPretrainedStem {
+            guard let stem else { throw EngineError("a ViT with the \(config.stem) stem needs the stem's weights") }
+            guard stem.architecture.name == config.stem else {
+                throw EngineError("the stem weights are \(stem.architecture.name), the config asks for \(config.stem)")
+            }
+        } else if stem != nil {
+            throw EngineError("stem weights given for a ViT with stem 'patch'")
+        }
+        self.stem = stem
         self.config = config
         let D = config.dim, C = config.numClasses, p = config.patchSize
         var list: [ParameterOf<S>] = []
@@ -253,7 +300,7 @@ public final class ViTOf<S: EngineScalar> {
         clsToken = param("cls_token", [1, 1, D])
         posEmbed = param("pos_embed", [1, config.tokens, D])
         maskToken = config.maskToken ? param("mask_token", [1, 1, D]) : nil
-        patchW = param("patch_embed.proj.weight", [D, config.inChannels, p, p])
+        patchW = param("patch_embed.proj.weight", stem.map { [D, $0.outChannels, 1, 1] } ?? [D, config.inChannels, p, p])
         patchB = param("patch_embed.proj.bias", [D])
         var bs: [Block] = []
         for i in 0..<config.depth {
@@ -300,16 +347,45 @@ public final class ViTOf<S: EngineScalar> {
 
     public func zeroGrad() { for q in parameterList { q.grad.zero() } }
 
-    /// name -> (PyTorch shape, float32 values), e.g. for a checkpoint.
+    /// name -> (PyTorch shape, float32 values), e.g. for a checkpoint; the frozen stem's
+    /// tensors included ("stem.*").
     public func stateDict() -> [String: (shape: [Int], values: [Float])] {
-        var d: [String: (shape: [Int], values: [Float])] = [:]
+        var d: [String: (shape: [Int], values: [Float])] = stem?.stateDict() ?? [:]
         for q in parameterList { d[q.name] = (q.value.shape, q.value.toArray().map { Float($0) }) }
         return d
     }
 
-    /// Loads every parameter by name. Fails (changing nothing) on a missing or extra name or a
-    /// shape mismatch. A CAM head stored as a [C, D, 1, 1] convolution is accepted too.
+    /// The tensors a checkpoint stores besides `parameters`: the frozen stem's ("stem.*"), empty
+    /// for a patch ViT. Checkpoint writers put them into every weight group (weights, ema_weights).
+    public var frozenTensors: [(name: String, value: TensorOf<S>)] { stem?.stateTensors() ?? [] }
+
+    /// Forward FLOPs (x 2 multiply-adds, batch 1) with the loaded stem's own channel counts.
+    public func forwardFLOPs(gridH: Int? = nil, gridW: Int? = nil) -> Double {
+        let gh = gridH ?? config.grid, gw = gridW ?? config.grid
+        guard let stem else { return config.forwardFLOPs(gridH: gh, gridW: gw) }
+        return config.transformerFLOPs(gridH: gh, gridW: gw, patchFeatures: stem.outChannels)
+            + stem.forwardFLOPs(height: gh * config.patchSize, width: gw * config.patchSize)
+    }
+
+    /// FLOPs of one training image: forward + backward (~3x forward) of the trainable part,
+    /// the frozen stem's forward once (it has no backward).
+    public func trainingFLOPs(gridH: Int? = nil, gridW: Int? = nil) -> Double {
+        let gh = gridH ?? config.grid, gw = gridW ?? config.grid
+        guard let stem else { return 3 * config.forwardFLOPs(gridH: gh, gridW: gw) }
+        return 3 * config.transformerFLOPs(gridH: gh, gridW: gw, patchFeatures: stem.outChannels)
+            + stem.forwardFLOPs(height: gh * config.patchSize, width: gw * config.patchSize)
+    }
+
+    /// Loads every parameter by name, and the stem's "stem.*" tensors for a model with a stem.
+    /// Fails (changing nothing) on a missing or extra name or a shape mismatch. A CAM head stored
+    /// as a [C, D, 1, 1] convolution is accepted too.
     public func load(_ arrays: [String: (shape: [Int], values: [Float])]) throws {
+        let stemPrefix = PretrainedStemOf<S>.statePrefix
+        var arrays = arrays
+        var stemArrays: [String: (shape: [Int], values: [Float])] = [:]
+        if stem != nil {
+            for key in arrays.keys where key.hasPrefix(stemPrefix) { stemArrays[key] = arrays.removeValue(forKey: key) }
+        }
         for q in parameterList {
             guard let a = arrays[q.name] else { throw EngineError("checkpoint has no parameter '\(q.name)'") }
             var shape = a.shape
@@ -323,8 +399,12 @@ public final class ViTOf<S: EngineScalar> {
         }
         let known = Set(parameterList.map(\.name))
         if let extra = arrays.keys.sorted().first(where: { !known.contains($0) }) {
+            if extra.hasPrefix(stemPrefix) {
+                throw EngineError("checkpoint holds pretrained-stem weights ('\(extra)') but this model's stem is '\(config.stem)'")
+            }
             throw EngineError("checkpoint parameter '\(extra)' is not part of this model")
         }
+        try stem?.load(stemArrays)
         for q in parameterList {
             let v = arrays[q.name]!.values
             for i in 0..<q.value.count { q.value.data[i] = S(v[i]) }
@@ -367,10 +447,10 @@ public final class ViTOf<S: EngineScalar> {
         let gh = Hi / p, gw = Wi / p, N = gh * gw, T = N + 1, D = c.dim, rows = B * T
         let a: ViTActivationsOf<S>
         if let reuse, reuse.batch == B, reuse.gridH == gh, reuse.gridW == gw, reuse.xs.count == c.depth + 1,
-           reuse.xs[0].shape[1] == D {
+           reuse.xs[0].shape[1] == D, reuse.patchMatrix.shape[1] == patchFeatures {
             a = reuse
         } else {
-            a = ViTActivationsOf(config: c, batch: B, gridH: gh, gridW: gw)
+            a = ViTActivationsOf(config: c, batch: B, gridH: gh, gridW: gw, patchFeatures: patchFeatures)
         }
         a.attnProbsGrad = []
         if let patchMask {
@@ -381,9 +461,13 @@ public final class ViTOf<S: EngineScalar> {
             a.patchMask = []
         }
 
-        // Patch embedding: gather patches in PyTorch's (c, ky, kx) order, then one product.
-        let K = c.inChannels * p * p, Cin = c.inChannels
+        // Patch embedding: gather patches in PyTorch's (c, ky, kx) order, then one product; with
+        // a stem, its [B, gh, gw, Cs] features are already the rows (a 1x1 convolution).
+        let K = patchFeatures, Cin = c.inChannels
         let pm = SendablePointer(a.patchMatrix.data), img = SendablePointer(images.data)
+        if let stem {
+            stem.forward(images: images, into: a.patchMatrix.data)
+        } else {
         Parallel.forRanges(B * N, costPerItem: K) { range in
             for r in range {
                 let b = r / N, n = r % N, py = n / gw, px = n % gw
@@ -395,6 +479,7 @@ public final class ViTOf<S: EngineScalar> {
                     }
                 }
             }
+        }
         }
         let x0 = a.xs[0]
         let embed = a.branch  // [B*N, D] fits in [B*T, D]
@@ -642,7 +727,8 @@ public final class ViTOf<S: EngineScalar> {
                 for j in 0..<D { mt.grad.data[j] += src[j]; src[j] = 0 }
             }
         }
-        let K = c.inChannels * c.patchSize * c.patchSize
+        // Stops here: the stem is frozen.
+        let K = patchFeatures
         Kernels.linearBackward(dInp: nil, dWeight: patchW.grad.data, dBias: patchB.grad.data, dOut: dEmb.data,
                                inp: a.patchMatrix.data, weight: patchW.value.data, rows: B * N, inFeatures: K, outFeatures: D)
         // Raw pointers do not keep their tensors alive; the locals must outlive the last kernel.

@@ -2,7 +2,10 @@
 // artifact's image-level labels only -- the masks are never read -- and writes a checkpoint
 // artifact (layout in Sources/Engine/Training/Checkpoint.swift).
 //
-//   classify-train --in dataset=D.h5 [--in init=CKPT.h5] --out checkpoint=C.h5 [--param key=value ...]
+//   classify-train --in dataset=D.h5 [--in init=CKPT.h5] [--in stem_weights=STEM.h5] --out checkpoint=C.h5 [--param key=value ...]
+//
+// With stem=efficientnet_lite0 (a hybrid ViT) the frozen pretrained stem comes from `stem_weights`
+// (Scripts/import_pretrained.py) and is stored in the checkpoint, so later stages need no file.
 //
 // With `init`, training starts from that checkpoint's weights (fine-tuning, fresh optimiser and
 // log); with `resume=true` as well, the optimiser state, EMA, step count and log are restored and
@@ -33,6 +36,9 @@ struct Params: StageParameters {
     /// Fresh weights: "trunc_normal" (the spec's std 0.02 everywhere) or "xavier" (Xavier-uniform
     /// block and patch-embedding matrices; learns much sooner from scratch, see ViTInitialization).
     var initScheme = "xavier"
+    /// "patch" (linear patch embedding) or a frozen pretrained convolutional stem
+    /// ("efficientnet_lite0", weights from the `stem_weights` input; patch_size must be its stride 8).
+    var stem = "patch"
     // Optimisation.
     var epochs = 10
     var batchSize = 64
@@ -93,7 +99,7 @@ struct Params: StageParameters {
     init() {}
 
     enum CodingKeys: String, CodingKey {
-        case imageSize = "image_size", patchSize = "patch_size", depth, dim, heads, mlpRatio = "mlp_ratio"
+        case imageSize = "image_size", patchSize = "patch_size", depth, dim, heads, mlpRatio = "mlp_ratio", stem
         case dropPathRate = "drop_path_rate", initScheme = "init_scheme", epochs, batchSize = "batch_size", lr, headLRMult = "head_lr_mult"
         case weightDecay = "weight_decay", beta1, beta2, eps, warmupEpochs = "warmup_epochs"
         case minLRFactor = "min_lr_factor", clipGradNorm = "clip_grad_norm", emaDecay = "ema_decay"
@@ -259,7 +265,7 @@ struct TrainingLog {
 let spec = StageSpec(
     name: "classify-train", version: "1.0.0",
     summary: "Trains a ViT classifier (CAM and class-token heads) on image-level labels; writes a checkpoint.",
-    inputs: ["dataset"], optionalInputs: ["init"], outputs: ["checkpoint"])
+    inputs: ["dataset"], optionalInputs: ["init", "stem_weights"], outputs: ["checkpoint"])
 
 StageMain.run(spec, parameters: Params.self) { ctx in
     let p = ctx.params
@@ -274,7 +280,7 @@ StageMain.run(spec, parameters: Params.self) { ctx in
     let dataset = try DatasetReader(path: ctx.input("dataset"))
     let normalization = Normalization(mean: p.normMean, std: p.normStd)
     var config = ViTConfig(imageSize: p.imageSize, patchSize: p.patchSize, depth: p.depth, dim: p.dim, heads: p.heads,
-                           mlpRatio: p.mlpRatio, numClasses: dataset.numClasses, dropPathRate: p.dropPathRate)
+                           mlpRatio: p.mlpRatio, numClasses: dataset.numClasses, dropPathRate: p.dropPathRate, stem: p.stem)
     do { try config.validate() } catch { throw StageError("\(error)") }
 
     let train = try Batcher(split: try dataset.split(p.trainSplit), limit: p.maxTrainImages, size: p.imageSize, normalization: normalization)
@@ -311,11 +317,30 @@ StageMain.run(spec, parameters: Params.self) { ctx in
         guard checkpoint.classNames == dataset.classNames else {
             throw StageError("\(initPath): the checkpoint's classes \(checkpoint.classNames) differ from the dataset's \(dataset.classNames)")
         }
+        guard checkpoint.normalization == normalization || !config.hasPretrainedStem else {
+            throw StageError("\(initPath): the checkpoint's stem expects inputs normalised with \(checkpoint.normalization), the parameters give \(normalization); pass matching norm_mean/norm_std")
+        }
         model = try checkpoint.makeModel()
         initCheckpoint = checkpoint
+        if let stemPath = ctx.optionalInput("stem_weights") {
+            ctx.log.warning("stem_weights \(stemPath) is not used: the stem comes from the init checkpoint")
+        }
         ctx.log.info("initialised from \(initPath)")
     } else {
-        model = try ViT(config: config, seed: UInt64(p.seed))
+        var stem: PretrainedStem?
+        if config.hasPretrainedStem {
+            guard let stemPath = ctx.optionalInput("stem_weights") else {
+                throw StageError("stem=\(p.stem) needs the pretrained stem file: pass --in stem_weights=PATH (made by Scripts/import_pretrained.py)")
+            }
+            stem = try PretrainedStem.load(path: stemPath, inputNormalization: normalization)
+            guard stem!.architecture.name == config.stem else {
+                throw StageError("\(stemPath): holds a \(stem!.architecture.name) stem, stem=\(config.stem) was asked for")
+            }
+            ctx.log.info("stem \(config.stem) from \(stemPath): \(stem!.outChannels) channels at stride \(stem!.architecture.stride), frozen")
+        } else if let stemPath = ctx.optionalInput("stem_weights") {
+            ctx.log.warning("stem_weights \(stemPath) is not used with stem=patch")
+        }
+        do { model = try ViT(config: config, seed: UInt64(p.seed), stem: stem) } catch { throw StageError("\(error)") }
         if p.initScheme == "xavier" { ViTInitialization.xavierUniform(model, seed: UInt64(p.seed)) }
     }
     config = model.config
@@ -375,7 +400,7 @@ StageMain.run(spec, parameters: Params.self) { ctx in
         ctx.log.info("resuming at epoch \(startEpoch + 1) of \(p.epochs), optimiser step \(trainer.step)")
     }
 
-    ctx.log.info("model: \(model.parameterCount) parameters, \(config.tokens) tokens, \(String(format: "%.2f", 3 * config.forwardFLOPs() / 1e9)) GFLOP per training image")
+    ctx.log.info("model: \(model.parameterCount) parameters, \(config.tokens) tokens, \(String(format: "%.2f", model.trainingFLOPs() / 1e9)) GFLOP per training image")
     ctx.log.info("data: \(train.count) train images (\(stepsPerEpoch) steps of \(batch) per epoch), \(val.count) val images, \(dataset.numClasses) classes")
 
     let classes = config.numClasses
@@ -485,11 +510,15 @@ StageMain.run(spec, parameters: Params.self) { ctx in
     try root.setAttribute("blas", blasLine)
     try root.setAttribute("train_seconds", Date().timeIntervalSince(started))
     let params = model.parameters
-    try Checkpoint.writeTensors(try root.createGroup("weights"), params.map { ($0.name, $0.value.shape, UnsafePointer($0.value.data)) })
+    // The frozen stem goes into both groups, so either makes a complete model.
+    let frozenTensors = model.frozenTensors  // keeps the tensors behind the pointers alive
+    let frozen = frozenTensors.map { ($0.name, $0.value.shape, UnsafePointer($0.value.data)) }
+    try Checkpoint.writeTensors(try root.createGroup("weights"), params.map { ($0.name, $0.value.shape, UnsafePointer($0.value.data)) } + frozen)
     if let ema = trainer.ema {
         try Checkpoint.writeTensors(try root.createGroup("ema_weights"),
-                                    params.enumerated().map { ($1.name, $1.value.shape, ema.average(of: $0).baseAddress!) })
+                                    params.enumerated().map { ($1.name, $1.value.shape, ema.average(of: $0).baseAddress!) } + frozen)
     }
+    withExtendedLifetime(frozenTensors) {}
     if p.saveOptimizerState {
         let group = try root.createGroup("optimizer")
         try group.setAttribute("step", Int64(trainer.step))

@@ -235,7 +235,27 @@ func benchPAR() {
     print(String(format: "PAR %dx%d, %d maps, %d iterations: %.1f ms", size, size, maps, par.iterations, seconds * 1000))
 }
 
+/// The frozen pretrained stem's forward (Scripts/make_stem_fixture.py --full writes real-size
+/// random weights): time per batch and its share of FLOPs.
+func benchStem() {
+    guard let i = args.firstIndex(of: "--weights"), i + 1 < args.count else {
+        print("usage: engine-bench stem --weights STEM.h5 [--image S --batch B --reps R]")
+        exit(2)
+    }
+    let stem = try! PretrainedStem.load(path: args[i + 1], inputNormalization: .imageNet)
+    let size = option("image", 64), B = option("batch", 32)
+    var rng = EngineRNG(seed: 1)
+    let images = Tensor(shape: [B, size, size, 3])
+    images.fillNormal(std: 1, rng: &rng)
+    let out = Tensor(shape: [B, size / 8, size / 8, stem.outChannels])
+    let seconds = time(option("reps", 10)) { stem.forward(images: images, into: out.data) }
+    let flops = Double(B) * stem.forwardFLOPs(height: size, width: size)
+    print(String(format: "stem %@ %dx%d batch %d: %.2f ms (%.2f ms/img), %.1f GFLOP/s",
+                 stem.architecture.name, size, size, B, seconds * 1000, seconds * 1000 / Double(B), flops / seconds / 1e9))
+}
+
 switch command {
+case "stem": benchStem()
 case "par": benchPAR()
 case "tape": benchTape()
 case "vit": benchViT()
@@ -246,6 +266,6 @@ case "sgemm":
         print(String(format: "sgemm %d x %d x %d: %.1f GFLOP/s", m, n, k, sgemmRate(m, n, k)))
     }
 default:
-    print("usage: engine-bench vit|attention|elementwise|tape|sgemm|par [--size S --maps K --dim D --depth L --heads H --image S --patch P --batch B --reps R --attention-blas --steps-only]")
+    print("usage: engine-bench vit|attention|elementwise|tape|sgemm|par|stem [--weights STEM.h5 --size S --maps K --dim D --depth L --heads H --image S --patch P --batch B --reps R --attention-blas --steps-only]")
     exit(2)
 }

@@ -73,6 +73,9 @@ struct Params: StageParameters {
     var depth = 6
     var dim = 192
     var heads = 3
+    /// Fresh backbone only: "patch" or a frozen pretrained stem ("efficientnet_lite0", weights from
+    /// the `stem_weights` input). With `init` the stem comes from the checkpoint.
+    var stem = "patch"
     /// Inference: scales relative to the training size, and horizontal-flip averaging.
     var evalScales = [1.0]
     var evalFlip = false
@@ -85,7 +88,7 @@ struct Params: StageParameters {
         case weightDecay = "weight_decay", clipGradNorm = "clip_grad_norm", polyPower = "poly_power"
         case scaleMin = "scale_min", scaleMax = "scale_max", flip, colorJitter = "color_jitter"
         case decoderChannels = "decoder_channels", dilations, imageSize = "image_size", patchSize = "patch_size"
-        case depth, dim, heads, evalScales = "eval_scales", evalFlip = "eval_flip", valEvery = "val_every", samples
+        case depth, dim, heads, stem, evalScales = "eval_scales", evalFlip = "eval_flip", valEvery = "val_every", samples
         case singleStageMethod = "single_stage_method", segWeight = "seg_weight", segWarmupEpochs = "seg_warmup_epochs"
         case bgHigh = "bg_high", bgLow = "bg_low", parIterations = "par_iterations"
         case fsrClassWeight = "fsr_class_weight", fsrPatchWeight = "fsr_patch_weight", maskRatio = "mask_ratio"
@@ -102,7 +105,7 @@ struct Params: StageParameters {
 let spec = StageSpec(
     name: "seg-train", version: "0.1.0",
     summary: "Trains a segmentation network (ViT + ASPP-lite decoder) on label maps, ground truth, or single stage from image-level labels (baseline or FSR); predicts the val split.",
-    inputs: ["dataset"], optionalInputs: ["init", "labels"], outputs: ["checkpoint", "predictions", "samples"])
+    inputs: ["dataset"], optionalInputs: ["init", "labels", "stem_weights"], outputs: ["checkpoint", "predictions", "samples"])
 
 /// The parts of a classifier checkpoint the backbone starts from (layout of classify-train's checkpoints).
 func jsonString<T: Encodable>(_ value: T) throws -> String {
@@ -268,13 +271,23 @@ StageMain.run(spec, parameters: Params.self) { ctx in
         }
         backbone = useFSR && !initial.config.maskToken ? try withMaskToken(initial, seed: UInt64(p.seed)) : try initial.makeModel()
         normalization = initial.normalization
+        if let stemPath = ctx.optionalInput("stem_weights") {
+            ctx.log.warning("stem_weights \(stemPath) is not used: the backbone (and its stem) comes from init")
+        }
     } else {
         let size = p.imageSize > 0 ? p.imageSize : try trainSplit.size(0).width
         let config = ViTConfig(imageSize: size, patchSize: p.patchSize, depth: p.depth, dim: p.dim, heads: p.heads, numClasses: C,
-                               maskToken: useFSR)
+                               maskToken: useFSR, stem: p.stem)
         do { try config.validate() } catch { throw StageError("backbone: \(error)") }
-        backbone = try ViT(config: config, seed: UInt64(p.seed))
         normalization = .imageNet
+        var stem: PretrainedStem?
+        if config.hasPretrainedStem {
+            guard let stemPath = ctx.optionalInput("stem_weights") else {
+                throw StageError("stem=\(p.stem) needs the pretrained stem file: pass --in stem_weights=PATH (made by Scripts/import_pretrained.py)")
+            }
+            stem = try PretrainedStem.load(path: stemPath, inputNormalization: normalization)
+        }
+        do { backbone = try ViT(config: config, seed: UInt64(p.seed), stem: stem) } catch { throw StageError("backbone: \(error)") }
     }
     let size = backbone.config.imageSize
     let decoderConfig = SegDecoderConfig(inChannels: backbone.config.dim, channels: p.decoderChannels, dilations: p.dilations, numClasses: C + 1)
@@ -408,7 +421,7 @@ fflush(stdout)
     try root.setAttribute("steps_completed", Int64(optimizerSteps))
     try single?.write(to: root)
     let weights = try root.createGroup("weights")
-    for q in network.parameters {
+    for q in network.parameters + backbone.frozenTensors.map({ ($0.name, $0.value, $0.value) }) {
         try weights.write(q.name, UnsafeBufferPointer(start: q.value.data, count: q.value.count), shape: q.value.shape)
     }
     let log = try root.createGroup("log")

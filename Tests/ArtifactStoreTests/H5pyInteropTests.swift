@@ -78,5 +78,9 @@ final class H5pyInteropTests: XCTestCase {
         XCTAssertEqual(reader.provenance.producer, "h5py")
         XCTAssertEqual(reader.params["seed"] as? Int, 7)
         XCTAssertEqual(try root.stringAttribute("fixed"), "fixed-length")
+        XCTAssertEqual(try root.doublesAttribute("int_list"), [127, 127, 127])
+        XCTAssertEqual(try root.doublesAttribute("float_list"), [0.5, 1.5])
+        XCTAssertEqual(try root.doublesAttribute("int_scalar"), [8])
+        XCTAssertThrowsError(try root.doublesAttribute("fixed"))
     }
 }

@@ -107,6 +107,63 @@ final class ClassifyTrainStageTests: XCTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: path("d.h5")))
     }
 
+    /// stem=efficientnet_lite0 with the random-weight fixture: the stem is stored in both weight
+    /// groups, stays frozen, and the checkpoint rebuilds the same model; a missing or wrong
+    /// stem_weights file is refused with the file named and nothing written.
+    func testPretrainedStemCheckpointAndErrors() throws {
+        let stemPath = StemTests.fixturePath
+        let hybrid = ["patch_size=8", "stem=efficientnet_lite0", "epochs=1", "ema_decay=0.5"]
+        var (status, output) = try run("classify-train", ["--in", "dataset=\(path("data.h5"))", "--in", "stem_weights=\(stemPath)",
+                                                          "--out", "checkpoint=\(path("s.h5"))"]
+                                                         + (tiny.filter { !$0.hasPrefix("patch_size") } + hybrid).flatMap { ["--param", $0] })
+        XCTAssertEqual(status, 0, output)
+        let checkpoint = try LoadedCheckpoint(path: path("s.h5"))
+        XCTAssertEqual(checkpoint.config.stem, "efficientnet_lite0")
+        XCTAssertEqual(checkpoint.config.grid, 2)
+        let fixture = try StemTests.fixtureTensors()
+        for group in ["weights", "ema_weights"] {
+            let stored = try checkpoint.tensors(group)
+            XCTAssertEqual(stored["patch_embed.proj.weight"]?.shape, [16, 10, 1, 1], group)
+            for (name, value) in fixture {
+                XCTAssertEqual(stored["stem." + name]?.shape, value.shape, "\(group) \(name)")
+                XCTAssertEqual(stored["stem." + name]?.values, value.values, "\(group) \(name): the stem must stay frozen")
+            }
+            XCTAssertEqual(stored["stem.input_mean"]?.values, [127, 127, 127])
+        }
+        // The checkpoint's model is the stem + the trained weights, for the EMA weights too.
+        let stem = try PretrainedStem.load(path: stemPath, inputNormalization: checkpoint.normalization)
+        var rng = EngineRNG(seed: 1)
+        let images = Tensor(shape: [2, 16, 16, 3])
+        images.fillNormal(std: 1, rng: &rng)
+        for useEMA in [false, true] {
+            let direct = try ViT(config: checkpoint.config, seed: 0, stem: stem)
+            try direct.load(try checkpoint.tensors(useEMA ? "ema_weights" : "weights"))
+            let rebuilt = try checkpoint.makeModel(useEMA: useEMA)
+            XCTAssertEqual(rebuilt.forward(images: images).camLogits.toArray(), direct.forward(images: images).camLogits.toArray())
+        }
+        // Fine-tuning from it needs no stem file.
+        (status, output) = try run("classify-train", ["--in", "dataset=\(path("data.h5"))", "--in", "init=\(path("s.h5"))",
+                                                      "--out", "checkpoint=\(path("t.h5"))"]
+                                                     + (tiny.filter { !$0.hasPrefix("patch_size") } + hybrid).flatMap { ["--param", $0] })
+        XCTAssertEqual(status, 0, output)
+        XCTAssertEqual(try LoadedCheckpoint(path: path("t.h5")).tensors()["stem.stem.conv.weight"]?.values, fixture["stem.conv.weight"]?.values)
+
+        // Missing and wrong stem files.
+        (status, output) = try run("classify-train", ["--in", "dataset=\(path("data.h5"))", "--out", "checkpoint=\(path("u.h5"))"]
+                                                     + (tiny.filter { !$0.hasPrefix("patch_size") } + hybrid).flatMap { ["--param", $0] })
+        XCTAssertEqual(status, 1, output)
+        XCTAssertTrue(output.contains("stem_weights"), output)
+        (status, output) = try run("classify-train", ["--in", "dataset=\(path("data.h5"))", "--in", "stem_weights=\(path("data.h5"))",
+                                                      "--out", "checkpoint=\(path("u.h5"))"]
+                                                     + (tiny.filter { !$0.hasPrefix("patch_size") } + hybrid).flatMap { ["--param", $0] })
+        XCTAssertEqual(status, 1, output)
+        XCTAssertTrue(output.contains(path("data.h5")) && output.contains("pretrained_stem"), output)
+        (status, output) = try train("u.h5", ["stem=efficientnet_lite0", "epochs=1"])  // patch_size 4 != stride 8
+        XCTAssertEqual(status, 1, output)
+        XCTAssertTrue(output.contains("patch_size must be 8"), output)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: path("u.h5")))
+    }
+
     func testDivergenceNamesTheStepAndLeavesNoCheckpoint() throws {
         let (status, output) = try train("nan.h5", ["epochs=3", "lr=1e30", "warmup_epochs=0", "clip_grad_norm=0"])
         XCTAssertEqual(status, 1, output)

@@ -40,6 +40,33 @@ final class SegTrainStageTests: XCTestCase {
         try writer.finish()
     }
 
+    /// A fresh backbone with the frozen pretrained stem (EngineTests' random-weight fixture): the
+    /// checkpoint carries the stem unchanged and initialises another run without the stem file.
+    func testPretrainedStemBackbone() throws {
+        let dataset = try StageHarness.tinyDataset(in: folder)
+        let stemPath = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+            .appendingPathComponent("../EngineTests/Fixtures/stem.h5").standardized.path
+        let hybrid = ["--param", "supervision=ground_truth", "--param", "stem=efficientnet_lite0", "--param", "patch_size=8"]
+        let missing = try StageHarness.run("seg-train", ["--in", "dataset=\(dataset)"] + hybrid + tiny + outputs("m-"))
+        XCTAssertEqual(missing.status, 1)
+        XCTAssertTrue(missing.stderr.contains("stem_weights"), missing.stderr)
+        assertNoOutputs("m-")
+
+        let result = try StageHarness.run("seg-train", ["--in", "dataset=\(dataset)", "--in", "stem_weights=\(stemPath)"] + hybrid + tiny + outputs())
+        XCTAssertEqual(result.status, 0, result.stderr)
+        let weights = try ArtifactReader(path: path("ck.h5"), kind: .checkpoint).root.group("weights")
+        XCTAssertEqual(try weights.shape(of: "patch_embed.proj.weight"), [16, 10, 1, 1])
+        let stemFile = try HDF5File.open(stemPath).root
+        for name in ["stem/conv.weight", "blocks/0/depthwise.weight", "blocks/4/project.bias"] {
+            XCTAssertEqual(try weights.read("stem." + name.replacingOccurrences(of: "/", with: "."), as: Float.self).values,
+                           try stemFile.read(name, as: Float.self).values, name)
+        }
+        let again = try StageHarness.run("seg-train", ["--in", "dataset=\(dataset)", "--in", "init=\(path("ck.h5"))",
+                                                       "--param", "supervision=ground_truth"] + tiny + outputs("i-"))
+        XCTAssertEqual(again.status, 0, again.stderr)
+        XCTAssertTrue(again.stdout.contains("backbone from init"), again.stdout)
+    }
+
     func testGroundTruthRunWritesCheckpointAndPredictionsThatEvaluateScores() throws {
         let dataset = try StageHarness.tinyDataset(in: folder)
         let result = try StageHarness.run("seg-train", ["--in", "dataset=\(dataset)", "--param", "supervision=ground_truth",

@@ -13,7 +13,9 @@ import Foundation
 //                        augmentation   JSON of AugmentationSettings
 //                        seed           int64
 //                        epochs_completed, steps_completed   int64
-//     /weights/<name>    float32, PyTorch state-dict names and shapes (cam_head.weight is [C, D])
+//     /weights/<name>    float32, PyTorch state-dict names and shapes (cam_head.weight is [C, D]);
+//                        a model with a pretrained stem (model_config stem) also stores the frozen
+//                        stem here as stem.* (ViT.frozenTensors), in ema_weights too
 //     /ema_weights/<name>  the exponential moving average of the weights (when ema_decay > 0)
 //     /optimizer/m/<name>, /optimizer/v/<name>   AdamW moments (for resuming), attribute step
 //     /log/...           training log: per-epoch 1-D float64 arrays (epoch_loss, train_map,
@@ -87,14 +89,19 @@ public final class LoadedCheckpoint {
 
     /// A model with the checkpoint's configuration and weights (the EMA weights when asked and
     /// present). A segmentation checkpoint serves too: its `decoder.*` weights are not the ViT's.
+    /// A model with a pretrained stem rebuilds it from the group's `stem.*` tensors (with the
+    /// checkpoint's normalisation as the stem's input normalisation).
     public func makeModel(useEMA: Bool = false) throws -> ViT {
-        let model = try ViT(config: config, seed: 0)
+        let weights = try tensors(useEMA && hasEMAWeights ? "ema_weights" : "weights", keep: { !$0.hasPrefix("decoder.") })
         do {
-            try model.load(try tensors(useEMA && hasEMAWeights ? "ema_weights" : "weights", keep: { !$0.hasPrefix("decoder.") }))
+            let stem = config.hasPretrainedStem
+                ? try PretrainedStem(architecture: config.stem, stateDict: weights, inputNormalization: normalization) : nil
+            let model = try ViT(config: config, seed: 0, stem: stem)
+            try model.load(weights)
+            return model
         } catch let error as EngineError {
             throw StoreError(path: path, error.description)
         }
-        return model
     }
 
     public func int(_ attribute: String) throws -> Int { Int(try reader.root.int64Attribute(attribute)) }
