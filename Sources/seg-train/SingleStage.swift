@@ -173,8 +173,10 @@ final class SingleStageRun {
 func withMaskToken(_ checkpoint: LoadedCheckpoint, seed: UInt64) throws -> ViT {
     var config = checkpoint.config
     config.maskToken = true
-    let model = try ViT(config: config, seed: seed)
     var arrays = try checkpoint.tensors("weights", keep: { !$0.hasPrefix("decoder.") })
+    let stem = config.hasPretrainedStem
+        ? try PretrainedStem(architecture: config.stem, stateDict: arrays, inputNormalization: checkpoint.normalization) : nil
+    let model = try ViT(config: config, seed: seed, stem: stem)
     let token = model.parameter(named: "mask_token")!
     arrays["mask_token"] = (token.value.shape, token.value.toArray())
     do { try model.load(arrays) } catch let error as EngineError { throw StoreError(path: checkpoint.path, error.description) }

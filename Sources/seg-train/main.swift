@@ -54,7 +54,7 @@ struct Params: StageParameters {
     var projectorHidden = 512
     var projectorBottleneck = 128
     var projectorOutDim = 1024
-    var epochs = 4
+    var epochs = 3
     var batchSize = 32
     var lr = 1e-3
     var backboneLRMultiplier = 0.1
@@ -70,12 +70,12 @@ struct Params: StageParameters {
     /// Backbone shape when there is no `init` checkpoint (image_size 0: the dataset's image size).
     var imageSize = 0
     var patchSize = 8
-    var depth = 6
-    var dim = 192
-    var heads = 3
+    var depth = 4
+    var dim = 128
+    var heads = 4
     /// Fresh backbone only: "patch" or a frozen pretrained stem ("efficientnet_lite0", weights from
-    /// the `stem_weights` input). With `init` the stem comes from the checkpoint.
-    var stem = "patch"
+    /// the `stem_weights` input; classify-train's default). With `init` the stem comes from the checkpoint.
+    var stem = "efficientnet_lite0"
     /// Inference: scales relative to the training size, and horizontal-flip averaging.
     var evalScales = [1.0]
     var evalFlip = false

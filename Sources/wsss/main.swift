@@ -171,6 +171,7 @@ struct SummaryCommand: ParsableCommand {
     @Option(help: "Folder for summary.json and summary.md (default: print the table only).") var out: String?
     @Option(help: "JSON of recorded values ({\"tolerance\": T, \"rows\": {pipeline: {field: value}}}); exit 1 when a field is off by more than T.")
     var expect: String?
+    @Option(name: .customLong("set"), help: "Override a parameter as `run --set` would (the rows are those of that run).") var sets: [String] = []
     @OptionGroup var place: Place
 
     func validate() throws {
@@ -181,7 +182,7 @@ struct SummaryCommand: ParsableCommand {
         let runner = place.runner(for: pipelines.first)
         var problems: [String] = []
         do {
-            let bound = try pipelines.map { try runner.load($0) }
+            let bound = try pipelines.map { try runner.load($0, overrides: sets) }
             var fields: [String] = []
             for pipeline in bound { for (field, _) in pipeline.pipeline.summary where !fields.contains(field) { fields.append(field) } }
             let summary = try runner.summary(bound)

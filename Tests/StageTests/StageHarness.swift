@@ -20,10 +20,18 @@ enum StageHarness {
     }
 
     @discardableResult
+    /// The trainers' default backbone has a pretrained stem that needs a weights file; toy runs
+    /// use the linear patch embedding unless they name a stem themselves.
+    static func toyStem(_ stage: String, _ arguments: [String]) -> [String] {
+        guard stage == "classify-train" || stage == "seg-train", !arguments.contains(where: { $0.hasPrefix("stem=") }),
+              !arguments.contains("--describe") else { return arguments }
+        return arguments + ["--param", "stem=patch"]
+    }
+
     static func run(_ stage: String, _ arguments: [String]) throws -> Result {
         let process = Process()
         process.executableURL = binFolder.appendingPathComponent(stage)
-        process.arguments = arguments
+        process.arguments = toyStem(stage, arguments)
         let out = Pipe(), err = Pipe()
         process.standardOutput = out
         process.standardError = err

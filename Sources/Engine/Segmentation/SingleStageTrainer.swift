@@ -150,7 +150,13 @@ public final class SingleStageTrainer {
             })
         schedule = PolySchedule(peakLR: settings.optimizer.lr, totalSteps: max(settings.optimizer.totalSteps, 1), power: settings.optimizer.polyPower)
         if settings.fsr, let head {
-            let t = try ViT(config: network.backbone.config, seed: 0)
+            // The teacher gets its own copy of a frozen stem: the stem keeps scratch buffers, and the
+            // student's backward still needs its stem output while the teacher runs.
+            let stem = try network.backbone.stem.map {
+                try PretrainedStemOf<Float>(architecture: network.backbone.config.stem, stateDict: network.backbone.stateDict(),
+                                            inputNormalization: $0.inputNormalization)
+            }
+            let t = try ViT(config: network.backbone.config, seed: 0, stem: stem)
             let th = try FSRHead(config: head.config, seed: 0)
             distilled = network.backbone.parameters + head.parameters
             teacherParams = t.parameters + th.parameters
