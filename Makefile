@@ -10,11 +10,12 @@ BIN := .build/release
 # Debug builds keep checks on for tests; the demo and benchmarks run the optimised build.
 SWIFT_BUILD := swift build -c release
 
-.PHONY: help deps build test demo reproduce bench clean pretrained
+.PHONY: help deps build test demo reproduce bench clean pretrained compare
 
 help:
 	@echo "make test       build and run every test (installs what is missing first)"
 	@echo "make demo       run the main pipeline end to end on the default benchmark"
+	@echo "make compare    every demo pipeline with 3 seeds: mean and standard deviation per method"
 	@echo "make reproduce  rerun Pipelines/ci.yaml and check its metrics against recorded values"
 	@echo "make bench      time a training step and PAR against PyTorch CPU (prints RATIO lines)"
 	@echo "make deps       install apt packages and the Python venv (idempotent)"
@@ -70,6 +71,16 @@ endif
 demo: build $(STEM_WEIGHTS)
 	@for p in $(DEMO_PIPELINES); do $(BIN)/wsss run $$p $(DEMO_SET) || exit 1; done
 	$(BIN)/wsss summary $(DEMO_PIPELINES) $(DEMO_SET) --out Artifacts/demo
+
+# Every demo pipeline with training seeds 0, 1 and 2 (same scenes), then mean and standard
+# deviation per summary field: Artifacts/compare/compare.md and compare.json. About three demos long.
+COMPARE_SEEDS := 0 1 2
+compare: build $(STEM_WEIGHTS)
+	@for s in $(COMPARE_SEEDS); do \
+	  for p in $(DEMO_PIPELINES); do $(BIN)/wsss run $$p $(DEMO_SET) --set seed=$$s || exit 1; done; \
+	  $(BIN)/wsss summary $(DEMO_PIPELINES) $(DEMO_SET) --set seed=$$s --out Artifacts/compare/seed-$$s > /dev/null || exit 1; \
+	done
+	python3 Scripts/aggregate_seeds.py Artifacts/compare $(foreach s,$(COMPARE_SEEDS),Artifacts/compare/seed-$(s)/summary.json)
 
 # Runs Pipelines/ci.yaml (every stage at toy size) and checks its metrics against the values
 # recorded in Pipelines/ci-expected.json, within the tolerance stated there.

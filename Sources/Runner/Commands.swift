@@ -118,6 +118,32 @@ extension Runner {
         return Comparison(pipelines: headers, files: pipelines.map(\.displayFile), metrics: metrics, params: params, notes: notes)
     }
 
+    /// Stage executables whose time counts as training time in `compareSummaries`.
+    public static let trainingExecutables: Set<String> = ["classify-train", "seg-train", "psa-refine"]
+
+    /// The pipelines' `summary:` fields side by side (one row per field, in first-seen order), then
+    /// `train_seconds` (stages running a training executable) and `total_seconds`, with the
+    /// parameters that differ: the methods-against-each-other view of `wsss compare`.
+    public func compareSummaries(_ pipelines: [BoundPipeline]) throws -> Comparison {
+        let full = try compare(pipelines)
+        guard case .object(let top) = try summary(pipelines), case .array(let rows)? = top["rows"] else { return full }
+        var fields: [String] = []
+        for pipeline in pipelines { for (field, _) in pipeline.pipeline.summary where !fields.contains(field) { fields.append(field) } }
+        let objects: [[String: JSONValue]] = rows.map { if case .object(let o) = $0 { return o } else { return [:] } }
+        var metrics = fields.map { field in
+            Comparison.Row(name: field, values: objects.map { row in row[field].flatMap { $0 == .null ? nil : $0 } })
+        }
+        metrics.append(Comparison.Row(name: "train_seconds", values: zip(pipelines, objects).map { pipeline, row in
+            guard case .object(let seconds)? = row["stage_seconds"] else { return nil }
+            let training = pipeline.stages.filter { Self.trainingExecutables.contains($0.decl.run) }.map(\.name)
+            var total = 0.0
+            for name in training { if case .double(let v)? = seconds[name] { total += v } }
+            return .double((total * 10).rounded() / 10)
+        }))
+        metrics.append(Comparison.Row(name: "total_seconds", values: objects.map { $0["total_seconds"] }))
+        return Comparison(pipelines: full.pipelines, files: full.files, metrics: metrics, params: full.params, notes: full.notes)
+    }
+
     /// One row per pipeline: its `summary:` fields (looked up among its metrics), the seconds each
     /// stage took when it last ran (from the cache entry of its current key), and their total.
     public func summary(_ pipelines: [BoundPipeline]) throws -> JSONValue {

@@ -142,10 +142,13 @@ func prettyJSON(_ value: JSONValue) throws -> Data {
 
 struct CompareCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "compare", abstract: "Metrics of pipelines' evaluate stages side by side, with the parameters that differ.")
+        commandName: "compare", abstract: "Pipelines' summary fields (or with --all-metrics every evaluate metric) side by side, with training time and the parameters that differ.")
 
     @Argument(help: "Pipeline files (YAML).") var pipelines: [String]
     @Flag(help: "Print JSON instead of a table.") var json = false
+    @Flag(name: .customLong("all-metrics"), help: "Every metric of every evaluate stage, not only the pipelines' summary fields.")
+    var allMetrics = false
+    @Option(name: .customLong("set"), help: "Override a parameter as `run --set` would.") var sets: [String] = []
     @OptionGroup var place: Place
 
     func validate() throws {
@@ -155,7 +158,10 @@ struct CompareCommand: ParsableCommand {
     func run() throws {
         let runner = place.runner(for: pipelines.first)
         do {
-            let comparison = try runner.compare(try pipelines.map { try runner.load($0) })
+            let bound = try pipelines.map { try runner.load($0, overrides: sets) }
+            // Pipelines with `summary:` sections compare by those fields (plus training time).
+            let bySummary = !allMetrics && bound.allSatisfy { !$0.pipeline.summary.isEmpty }
+            let comparison = bySummary ? try runner.compareSummaries(bound) : try runner.compare(bound)
             print(json ? String(decoding: try prettyJSON(comparison.json), as: UTF8.self) : comparison.table)
         } catch {
             throw fail(error)

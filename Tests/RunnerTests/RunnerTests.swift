@@ -458,6 +458,31 @@ final class RunnerTests: XCTestCase {
         XCTAssertTrue(FileManager.default.fileExists(atPath: ws.path("Artifacts/summary/summary.md")))
     }
 
+    func testCompareOfSummarisedPipelinesShowsTheirFieldsTimesAndDifferingParameters() throws {
+        for (name, factor) in [("weak", 1), ("strong", 3)] {
+            let yaml = pipelineYAML(name, [
+                testStage("prep", inputs: ["a": "data/raw.txt"], outputs: "Artifacts/\(name)"),
+                testStage("score", inputs: ["a": "prep.out"], params: "factor: \(factor)", outputs: "Artifacts/\(name)"),
+            ]) + "summary:\n  seg_val_miou: score.miou\n"
+            try ws.write(yaml, to: "Pipelines/\(name).yaml")
+            XCTAssertTrue(try ws.run("Pipelines/\(name).yaml").succeeded)
+        }
+        let runner = ws.runner()
+        let comparison = try runner.compareSummaries(try ["weak", "strong"].map { try runner.load(ws.path("Pipelines/\($0).yaml")) })
+        XCTAssertEqual(comparison.metrics.map(\.name), ["seg_val_miou", "train_seconds", "total_seconds"])
+        XCTAssertEqual(comparison.metrics[0].values.map { $0?.doubleValue }, [0.5, 0.75])
+        // The test stage is no training executable: no training time, but the stages' total.
+        XCTAssertEqual(comparison.metrics[1].values.map { $0?.doubleValue }, [0, 0])
+        XCTAssertTrue(comparison.metrics[2].values.allSatisfy { ($0?.doubleValue ?? -1) >= 0 })
+        XCTAssertEqual(comparison.params.map(\.name), ["score.factor"])
+
+        let (status, table, errors) = try ws.wsss(["compare", "Pipelines/weak.yaml", "Pipelines/strong.yaml"])
+        XCTAssertEqual(status, 0, errors)
+        XCTAssertTrue(table.contains("seg_val_miou") && table.contains("train_seconds") && !table.contains("score.miou"), table)
+        let (_, all, _) = try ws.wsss(["compare", "--all-metrics", "Pipelines/weak.yaml", "Pipelines/strong.yaml"])
+        XCTAssertTrue(all.contains("score.miou") && !all.contains("train_seconds"), all)
+    }
+
     func testSummaryCheckReportsFieldsOutsideTheTolerance() throws {
         let summary = try JSONValue.parse(Data(#"{"rows": [{"pipeline": "ci", "seed_miou": 0.50, "pseudo_miou": 0.30}]}"#.utf8))
         let expected = try JSONValue.parse(Data(#"{"tolerance": 0.02, "rows": {"ci": {"seed_miou": 0.51, "pseudo_miou": 0.25, "psa_miou": 0.4}, "other": {"x": 1}}}"#.utf8))
