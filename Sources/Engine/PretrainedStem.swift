@@ -347,8 +347,7 @@ public final class PretrainedStemOf<S: EngineScalar> {
             Kernels.linearForward(out: target, inp: dw, weight: b.project.weight.data, bias: b.project.bias.data,
                                   rows: B * ho * wo, inFeatures: b.project.cin, outFeatures: b.project.cout)
             if b.residual {
-                let n = B * ho * wo * b.project.cout
-                for j in 0..<n { target[j] += cur[j] }
+                Kernels.residualAdd(x: target, branch: cur, scales: nil, batch: 1, perSample: B * ho * wo * b.project.cout)
             }
             swap(&cur, &next)
             h = ho; w = wo

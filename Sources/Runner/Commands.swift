@@ -118,6 +118,13 @@ extension Runner {
         return Comparison(pipelines: headers, files: pipelines.map(\.displayFile), metrics: metrics, params: params, notes: notes)
     }
 
+    /// The union of the pipelines' `summary:` fields, in first-seen order (the columns of a summary).
+    public static func summaryFields(_ pipelines: [BoundPipeline]) -> [String] {
+        var fields: [String] = []
+        for pipeline in pipelines { for (field, _) in pipeline.pipeline.summary where !fields.contains(field) { fields.append(field) } }
+        return fields
+    }
+
     /// Stage executables whose time counts as training time in `compareSummaries`.
     public static let trainingExecutables: Set<String> = ["classify-train", "seg-train", "psa-refine"]
 
@@ -127,8 +134,7 @@ extension Runner {
     public func compareSummaries(_ pipelines: [BoundPipeline]) throws -> Comparison {
         let full = try compare(pipelines)
         guard case .object(let top) = try summary(pipelines), case .array(let rows)? = top["rows"] else { return full }
-        var fields: [String] = []
-        for pipeline in pipelines { for (field, _) in pipeline.pipeline.summary where !fields.contains(field) { fields.append(field) } }
+        let fields = Self.summaryFields(pipelines)
         let objects: [[String: JSONValue]] = rows.map { if case .object(let o) = $0 { return o } else { return [:] } }
         var metrics = fields.map { field in
             Comparison.Row(name: field, values: objects.map { row in row[field].flatMap { $0 == .null ? nil : $0 } })

@@ -189,10 +189,8 @@ struct SummaryCommand: ParsableCommand {
         var problems: [String] = []
         do {
             let bound = try pipelines.map { try runner.load($0, overrides: sets) }
-            var fields: [String] = []
-            for pipeline in bound { for (field, _) in pipeline.pipeline.summary where !fields.contains(field) { fields.append(field) } }
             let summary = try runner.summary(bound)
-            let table = Runner.summaryMarkdown(summary, fields: fields)
+            let table = Runner.summaryMarkdown(summary, fields: Runner.summaryFields(bound))
             if let out {
                 try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
                 try prettyJSON(summary).write(to: URL(fileURLWithPath: out).appendingPathComponent("summary.json"))

@@ -61,6 +61,9 @@ final class ClassifyTrainStageTests: XCTestCase {
     func testCheckpointContentsFineTuneAndResume() throws {
         var (status, output) = try train("a.h5", ["epochs=2", "ema_decay=0.5", "seed=3"])
         XCTAssertEqual(status, 0, output)
+        // BLASCorePolicy sets OpenBLAS's thread timeout before the library loads (re-exec), unless given.
+        let timeout = ProcessInfo.processInfo.environment["OPENBLAS_THREAD_TIMEOUT"] ?? "4"
+        XCTAssertTrue(output.contains("thread timeout 2^\(timeout)"), output)
         let a = try LoadedCheckpoint(path: path("a.h5"))
         XCTAssertEqual(a.config.dim, 16)
         XCTAssertEqual(a.config.numClasses, 10)
