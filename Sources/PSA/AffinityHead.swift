@@ -78,7 +78,7 @@ public enum AffinityLoss {
     public static let epsilon = 1e-5
 
     /// a = exp(-mean_c |f_i - f_j|) for rows i, j of f [rows, F].
-    @inline(__always)
+    @inline(__always) @_specialize(where S == Float)
     public static func affinity<S: EngineScalar>(_ f: UnsafePointer<S>, _ i: Int, _ j: Int, features: Int) -> S {
         let a = f + i * features, b = f + j * features
         var s: S = 0
@@ -95,6 +95,7 @@ public enum AffinityLoss {
 
     /// Loss = mean_bgpos(-log a)/4 + mean_fgpos(-log a)/4 + mean_neg(-log(1 - a))/2 (each mean over its own
     /// count; an empty set contributes 0). Adds d(loss)/d(f) into `gradient` when given.
+    @_specialize(where S == Float)
     public static func compute<S: EngineScalar>(features f: TensorOf<S>, pairs: AffinityPairs, gradient: TensorOf<S>?) -> Parts {
         let dim = f.shape[1]
         let eps = S(epsilon)
