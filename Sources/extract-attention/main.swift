@@ -19,6 +19,8 @@ import Imaging
 import Localization
 import StageKit
 
+let blasLine = BLASCorePolicy.apply()  // may re-execute with AVX-512 kernels and OpenBLAS's thread timeout
+
 struct Params: StageParameters {
     /// Dataset split to extract from ("train" for pseudo labels, "val" for evaluation).
     var split = "train"
@@ -48,6 +50,7 @@ let spec = StageSpec(
     inputs: ["dataset", "checkpoint"], outputs: ["cams", "attention", "samples"])
 
 StageMain.run(spec, parameters: Params.self) { ctx in
+    ctx.log.info("\(blasLine); engine threads \(Parallel.threads)")
     let p = ctx.params
     guard let score = GradientScore(rawValue: p.gradientScore) else {
         throw StageError("gradient_score must be one of \(GradientScore.allCases.map(\.rawValue)), got '\(p.gradientScore)'")

@@ -7,6 +7,8 @@ import Localization
 import PSA
 import StageKit
 
+let blasLine = BLASCorePolicy.apply()  // may re-execute with AVX-512 kernels and OpenBLAS's thread timeout
+
 struct Params: StageParameters {
     var seed = 0
     /// power: background (1 - max M)^alpha_low / ^alpha_high (PSA); constant: fixed scores.
@@ -105,6 +107,7 @@ func peakResidentMB() -> Double {
 }
 
 StageMain.run(spec, parameters: Params.self) { ctx in
+    ctx.log.info("\(blasLine); engine threads \(Parallel.threads)")
     let p = ctx.params
     guard p.radius >= 1, p.hidden >= 1, p.featureDim >= 1, p.epochs >= 0, p.batchSize >= 1, p.logt >= 0, p.logt <= 16 else {
         throw StageError("radius, hidden, feature_dim, batch_size must be >= 1, epochs >= 0, logt in 0...16")

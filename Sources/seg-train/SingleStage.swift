@@ -117,26 +117,38 @@ final class SingleStageRun {
     func pseudoLabels(_ acts: ViTActivations, view: Tensor, draws: [AugmentationDraw], labels: UnsafePointer<Float>, classes C: Int) -> [UInt8] {
         let B = acts.batch, N = acts.patches, h = acts.gridH, w = acts.gridW, S = size
         var out = [UInt8](repeating: 255, count: B * S * S)
-        let scores = acts.patchScores.data
-        for b in 0..<B {
-            let present = (0..<C).filter { labels[b * C + $0] > 0.5 }
-            var values = [Float](repeating: 0, count: present.count * N)
-            for (k, c) in present.enumerated() {
-                var top: Float = 0
-                for n in 0..<N { top = max(top, scores[(b * N + n) * C + c]) }
-                let inv = 1 / (top + 1e-5)
-                for n in 0..<N { values[k * N + n] = max(scores[(b * N + n) * C + c], 0) * inv }
-            }
-            let maps = ClassMaps(classes: present.map { $0 + 1 }, height: h, width: w, values: values)
-            let map = confident.labels(image: denormalised(view, index: b), maps: maps)
-            let d = draws[b]
-            for y in 0..<S where y + d.cropY >= 0 && y + d.cropY < d.resizedHeight {
-                for x in 0..<S where x + d.cropX >= 0 && x + d.cropX < d.resizedWidth {
-                    out[(b * S + y) * S + x] = map[y * S + x]
+        let scores = SharedPointer(acts.patchScores.data), labelPointer = SharedPointer(labels)
+        // PAR per image is serial work (~2 ms): spread the batch over the cores.
+        out.withUnsafeMutableBufferPointer { buffer in
+            let target = SharedPointer(buffer.baseAddress!)
+            DispatchQueue.concurrentPerform(iterations: B) { b in
+                let scores = scores.pointer, labels = labelPointer.pointer, out = target.pointer
+                let present = (0..<C).filter { labels[b * C + $0] > 0.5 }
+                var values = [Float](repeating: 0, count: present.count * N)
+                for (k, c) in present.enumerated() {
+                    var top: Float = 0
+                    for n in 0..<N { top = max(top, scores[(b * N + n) * C + c]) }
+                    let inv = 1 / (top + 1e-5)
+                    for n in 0..<N { values[k * N + n] = max(scores[(b * N + n) * C + c], 0) * inv }
+                }
+                let maps = ClassMaps(classes: present.map { $0 + 1 }, height: h, width: w, values: values)
+                let map = confident.labels(image: denormalised(view, index: b), maps: maps)
+                let d = draws[b]
+                for y in 0..<S where y + d.cropY >= 0 && y + d.cropY < d.resizedHeight {
+                    for x in 0..<S where x + d.cropX >= 0 && x + d.cropX < d.resizedWidth {
+                        out[(b * S + y) * S + x] = map[y * S + x]
+                    }
                 }
             }
         }
         return out
+    }
+
+    /// A pointer handed to concurrentPerform's closures; each task touches its own image.
+    struct SharedPointer<T>: @unchecked Sendable {
+        let pointer: UnsafeMutablePointer<T>
+        init(_ p: UnsafeMutablePointer<T>) { pointer = p }
+        init(_ p: UnsafePointer<T>) { pointer = UnsafeMutablePointer(mutating: p) }
     }
 
     /// The view as 8-bit RGB (PAR reads colour differences).

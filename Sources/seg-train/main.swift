@@ -6,6 +6,8 @@ import Imaging
 import Localization
 import StageKit
 
+let blasLine = BLASCorePolicy.apply()  // may re-execute with AVX-512 kernels and OpenBLAS's thread timeout
+
 // Segmentation checkpoints (kind "checkpoint", format 1), the classifier's layout plus the decoder:
 //     /              provenance; model_config (ViTConfig JSON), decoder_config (SegDecoderConfig JSON),
 //                    normalization, class_names (C foreground names; the network predicts 0...C),
@@ -190,6 +192,7 @@ struct Predictor {
 }
 
 StageMain.run(spec, parameters: Params.self) { ctx in
+    ctx.log.info("\(blasLine); engine threads \(Parallel.threads)")
     let p = ctx.params
     switch p.supervision {
     case "labels", "ground_truth": break
