@@ -125,7 +125,7 @@ extension Runner {
         return fields
     }
 
-    /// Stage executables whose time counts as training time in `compareSummaries`.
+    /// Stage executables whose time counts as training time (`train_seconds` of a summary row).
     public static let trainingExecutables: Set<String> = ["classify-train", "seg-train", "psa-refine"]
 
     /// The pipelines' `summary:` fields side by side (one row per field, in first-seen order), then
@@ -139,19 +139,14 @@ extension Runner {
         var metrics = fields.map { field in
             Comparison.Row(name: field, values: objects.map { row in row[field].flatMap { $0 == .null ? nil : $0 } })
         }
-        metrics.append(Comparison.Row(name: "train_seconds", values: zip(pipelines, objects).map { pipeline, row in
-            guard case .object(let seconds)? = row["stage_seconds"] else { return nil }
-            let training = pipeline.stages.filter { Self.trainingExecutables.contains($0.decl.run) }.map(\.name)
-            var total = 0.0
-            for name in training { if case .double(let v)? = seconds[name] { total += v } }
-            return .double((total * 10).rounded() / 10)
-        }))
+        metrics.append(Comparison.Row(name: "train_seconds", values: objects.map { $0["train_seconds"] }))
         metrics.append(Comparison.Row(name: "total_seconds", values: objects.map { $0["total_seconds"] }))
         return Comparison(pipelines: full.pipelines, files: full.files, metrics: metrics, params: full.params, notes: full.notes)
     }
 
     /// One row per pipeline: its `summary:` fields (looked up among its metrics), the seconds each
-    /// stage took when it last ran (from the cache entry of its current key), and their total.
+    /// stage took when it last ran (from the cache entry of its current key), the training stages'
+    /// share of them (`train_seconds`) and their total.
     public func summary(_ pipelines: [BoundPipeline]) throws -> JSONValue {
         var rows: [JSONValue] = []
         var notes: [String] = []
@@ -169,14 +164,17 @@ extension Runner {
                 }
             }
             var seconds: [String: JSONValue] = [:]
-            var total = 0.0
+            var total = 0.0, training = 0.0
+            let trainingStages = Set(pipeline.stages.filter { Self.trainingExecutables.contains($0.decl.run) }.map(\.name))
             for state in try status(pipeline) {
                 guard state.state == .upToDate, let key = state.key,
                       let entry = JSONDecoder.decodeFile(CacheEntry.self, at: workspace.entryPath(key)) else { continue }
                 seconds[state.name] = .double((entry.seconds * 100).rounded() / 100)
                 total += entry.seconds
+                if trainingStages.contains(state.name) { training += entry.seconds }
             }
             row["stage_seconds"] = .object(seconds)
+            row["train_seconds"] = .double((training * 100).rounded() / 100)
             row["total_seconds"] = .double((total * 100).rounded() / 100)
             rows.append(.object(row))
         }
@@ -220,13 +218,14 @@ extension Runner {
         let bound = rows.map(object).first { $0["pipeline"] == .string("fully-supervised") }.flatMap { number($0["seg_val_miou"]) }
         var header = ["pipeline"] + fields
         if bound != nil { header.append("seg / fully supervised") }
-        header.append("time (s)")
+        header += ["train (s)", "time (s)"]
         var lines = ["| " + header.joined(separator: " | ") + " |", "|" + String(repeating: " --- |", count: header.count)]
         for row in rows.map(object) {
             var cells: [String] = []
             if case .string(let name)? = row["pipeline"] { cells.append(name) } else { cells.append("?") }
             for field in fields { cells.append(number(row[field]).map { String(format: "%.3f", $0) } ?? "–") }
             if let bound { cells.append(number(row["seg_val_miou"]).map { String(format: "%.2f", $0 / bound) } ?? "–") }
+            cells.append(number(row["train_seconds"]).map { String(format: "%.0f", $0) } ?? "–")
             cells.append(number(row["total_seconds"]).map { String(format: "%.0f", $0) } ?? "–")
             lines.append("| " + cells.joined(separator: " | ") + " |")
         }

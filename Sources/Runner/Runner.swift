@@ -455,7 +455,18 @@ public final class Runner: @unchecked Sendable {
             for name in inputPaths.keys.sorted() { arguments += ["--in", "\(name)=\(inputPaths[name]!)"] }
             for name in outputPaths.keys.sorted() { arguments += ["--out", "\(name)=\(outputPaths[name]!)"] }
             arguments += ["--params", paramsFile]
+            // The cache key names the executable hashed when the pipeline was loaded: one rebuilt
+            // since (or while the stage runs) would store its outputs under the other code's key.
+            func checkExecutable(_ when: String) throws {
+                let now = try memory.hash(of: stage.executablePath)
+                guard now == parts.executable else {
+                    throw RunnerError("\(stage.decl.run) changed \(when) (\(shortHash(parts.executable)) -> \(shortHash(now))); "
+                                      + "nothing was recorded: run the pipeline again")
+                }
+            }
+            try checkExecutable("since the pipeline was loaded")
             try runProcess(stage.executablePath, arguments: arguments, stageName: stage.name, label: label)
+            try checkExecutable("while the stage ran")
 
             var outputs: [String: CacheEntry.Output] = [:]
             for (name, path) in outputPaths {

@@ -50,7 +50,6 @@ let spec = StageSpec(
     inputs: ["dataset", "checkpoint"], outputs: ["cams", "attention", "samples"])
 
 StageMain.run(spec, parameters: Params.self) { ctx in
-    ctx.log.info("\(blasLine); engine threads \(Parallel.threads)")
     let p = ctx.params
     guard let score = GradientScore(rawValue: p.gradientScore) else {
         throw StageError("gradient_score must be one of \(GradientScore.allCases.map(\.rawValue)), got '\(p.gradientScore)'")
@@ -85,6 +84,7 @@ StageMain.run(spec, parameters: Params.self) { ctx in
         "attention and ACR gradients (d \(score == .cls ? "class-token head" : "CAM head") logit / d softmax attention, class-token row, "
         + "head mean, ReLU) at scale 1 unflipped (\(config.imageSize) px square input); weights \(p.useEMA ? "EMA" : "raw")")
     try attentionArtifact.root.setAttribute("gradient_score", score.rawValue)
+    try attentionArtifact.root.setAttribute("blas", blasLine)
 
     let labels = try split.allLabels()
     let C = dataset.numClasses

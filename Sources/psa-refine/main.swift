@@ -107,7 +107,6 @@ func peakResidentMB() -> Double {
 }
 
 StageMain.run(spec, parameters: Params.self) { ctx in
-    ctx.log.info("\(blasLine); engine threads \(Parallel.threads)")
     let p = ctx.params
     guard p.radius >= 1, p.hidden >= 1, p.featureDim >= 1, p.epochs >= 0, p.batchSize >= 1, p.logt >= 0, p.logt <= 16 else {
         throw StageError("radius, hidden, feature_dim, batch_size must be >= 1, epochs >= 0, logt in 0...16")
@@ -242,6 +241,7 @@ StageMain.run(spec, parameters: Params.self) { ctx in
     // Training outcome beside the parameters (provenance), so a run can be compared with another.
     let root = writer.artifact.root
     try root.setAttribute("psa_pairs_per_epoch", Int64(pairCount))
+    try root.setAttribute("blas", blasLine)
     try root.setAttribute("psa_train_seconds", trainSeconds)
     try root.setAttribute("psa_final_loss", lastParts?.total ?? .nan)
     try root.setAttribute("psa_walk_changed_fraction", Double(changed) / Double(max(total, 1)))

@@ -192,7 +192,6 @@ struct Predictor {
 }
 
 StageMain.run(spec, parameters: Params.self) { ctx in
-    ctx.log.info("\(blasLine); engine threads \(Parallel.threads)")
     let p = ctx.params
     switch p.supervision {
     case "labels", "ground_truth": break
@@ -291,10 +290,6 @@ StageMain.run(spec, parameters: Params.self) { ctx in
             stem = try PretrainedStem.load(path: stemPath, inputNormalization: normalization)
         }
         do { backbone = try ViT(config: config, seed: UInt64(p.seed), stem: stem) } catch { throw StageError("backbone: \(error)") }
-        if p.backboneLRMultiplier < 1 {
-            // Measured: single stage with a random transformer at lr x 0.1 never left the prior (val mIoU 0.067, all background).
-            ctx.log.warning("the transformer starts from random weights but trains at lr x \(p.backboneLRMultiplier) (backbone_lr_mult); without init use backbone_lr_mult=1")
-        }
     }
     let size = backbone.config.imageSize
     let decoderConfig = SegDecoderConfig(inChannels: backbone.config.dim, channels: p.decoderChannels, dilations: p.dilations, numClasses: C + 1)
@@ -343,10 +338,14 @@ StageMain.run(spec, parameters: Params.self) { ctx in
         return confusion
     }
 
+    if ctx.optionalInput("init") == nil && p.backboneLRMultiplier < 1 {
+        // Measured: single stage with a random transformer at lr x 0.1 never left the prior (val mIoU 0.067, all background).
+        ctx.log.warning("the transformer starts from random weights but trains at lr x \(p.backboneLRMultiplier) (backbone_lr_mult); without init use backbone_lr_mult=1")
+    }
     print("seg-train: \(trainImages.count) training images (\(p.supervision)\(single.map { ", " + $0.summary } ?? "")), \(valSplit.count) val, \(size) px, " +
           "backbone \(ctx.optionalInput("init") == nil ? "random" : "from init") (\(backbone.parameterCount) params), " +
           "decoder \(network.decoder.parameterCount) params, \(settings.totalSteps) steps")
-fflush(stdout)
+    fflush(stdout)
 
     var rng = TrainingRandom(seed: UInt64(p.seed))
     var epochLoss: [Double] = [], valMIoU: [Double] = [], epochLR: [Double] = [], epochSeconds: [Double] = [], stepLoss: [Double] = []
@@ -424,6 +423,7 @@ fflush(stdout)
     try root.setAttribute("augmentation", try jsonString(augmentation))
     try root.setAttribute("supervision", p.supervision)
     try root.setAttribute("seed", Int64(p.seed))
+    try root.setAttribute("blas", blasLine)
     try root.setAttribute("epochs_completed", Int64(p.epochs))
     try root.setAttribute("steps_completed", Int64(optimizerSteps))
     try single?.write(to: root)

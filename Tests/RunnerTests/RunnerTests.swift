@@ -166,6 +166,32 @@ final class RunnerTests: XCTestCase {
         XCTAssertEqual(report.outcome("after")?.kind, .cached)
     }
 
+    func testExecutableRebuiltAfterLoadingIsRefusedAndNothingRecorded() throws {
+        let executable = ws.path("bin/stage")
+        try FileManager.default.createDirectory(atPath: ws.path("bin"), withIntermediateDirectories: true)
+        try FileManager.default.copyItem(atPath: productsDirectory + "/wsss-test-stage", toPath: executable)
+        try ws.write(pipelineYAML("swap", [
+            testStage("first", inputs: ["a": "data/raw.txt"]).replacingOccurrences(of: "run: wsss-test-stage", with: "run: bin/stage"),
+        ]), to: "Pipelines/swap.yaml")
+        let runner = ws.runner()
+        let bound = try runner.load(ws.path("Pipelines/swap.yaml"))
+        // Rebuilt between loading (when the key was made) and running.
+        let handle = try XCTUnwrap(FileHandle(forWritingAtPath: executable))
+        handle.seekToEndOfFile()
+        handle.write(Data("rebuilt".utf8))
+        handle.closeFile()
+
+        let report = try runner.run(bound)
+        XCTAssertFalse(report.succeeded)
+        let outcome = try XCTUnwrap(report.outcome("first"))
+        XCTAssertEqual(outcome.kind, .failed)
+        XCTAssertTrue(outcome.message?.contains("bin/stage changed since the pipeline was loaded") == true, outcome.message ?? "no message")
+        XCTAssertEqual(ws.started(), [], "the stage must not start")
+        // A fresh load hashes the new executable and runs it.
+        XCTAssertTrue(try ws.run("Pipelines/swap.yaml").succeeded)
+        XCTAssertEqual(ws.started(), ["first"])
+    }
+
     func testTwoPipelinesShareACacheEntry() throws {
         let shared = testStage("prep", inputs: ["a": "data/raw.txt"], params: "factor: 5", outputs: "Artifacts/a")
         try ws.write(pipelineYAML("a", [shared, testStage("left", inputs: ["a": "prep.out"], outputs: "Artifacts/a")]), to: "Pipelines/a.yaml")
@@ -455,6 +481,10 @@ final class RunnerTests: XCTestCase {
         XCTAssertEqual(rows[0]["seg_val_miou"] as? Double, 0.5)
         let seconds = try XCTUnwrap(rows[0]["stage_seconds"] as? [String: Any])
         XCTAssertEqual(Set(seconds.keys), ["prep", "score"])
+        // No stage runs a training executable: training time 0, the stages' total >= 0.
+        XCTAssertEqual(rows[0]["train_seconds"] as? Double, 0)
+        XCTAssertGreaterThanOrEqual(try XCTUnwrap(rows[0]["total_seconds"] as? Double), 0)
+        XCTAssertTrue(table.contains("| pipeline | seg_val_miou | missing_field | seg / fully supervised | train (s) | time (s) |"), table)
         XCTAssertTrue(FileManager.default.fileExists(atPath: ws.path("Artifacts/summary/summary.md")))
     }
 

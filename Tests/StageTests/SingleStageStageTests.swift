@@ -53,6 +53,8 @@ final class SingleStageStageTests: XCTestCase {
             XCTAssertTrue(result.stdout.contains("val mIoU"), result.stdout)
             // The progress lines show the loss terms.
             XCTAssertTrue(result.stderr.contains(method == "fsr" ? "fsr " : "cls "), result.stderr)
+            // A random transformer at the default lr x 0.1 is warned about.
+            XCTAssertTrue(result.stderr.contains("the transformer starts from random weights but trains at lr x 0.1"), result.stderr)
 
             let predictions = try LabelMapsReader(path: path(method + "pred.h5"), kind: .predictions)
             XCTAssertEqual(predictions.count, val.count)
@@ -121,6 +123,15 @@ final class SingleStageStageTests: XCTestCase {
             supervised.append(try ArtifactReader(path: path(name + "ck.h5"), kind: .checkpoint).root.group("log").read("step_loss", as: Double.self).values)
         }
         XCTAssertNotEqual(supervised[0], supervised[1])
+    }
+
+    func testFullBackboneLearningRateIsNotWarnedAbout() throws {
+        let dataset = try StageHarness.tinyDataset(in: folder)
+        let result = try StageHarness.run("seg-train", ["--in", "dataset=\(dataset)", "--param", "backbone_lr_mult=1"] + toy + outputs("full"))
+        XCTAssertEqual(result.status, 0, result.stderr)
+        XCTAssertFalse(result.stderr.contains("starts from random weights"), result.stderr)
+        let checkpoint = try ArtifactReader(path: path("fullck.h5"), kind: .checkpoint)
+        XCTAssertTrue(try checkpoint.root.stringAttribute("blas").hasPrefix("OpenBLAS core "))
     }
 
     func testBadSingleStageParametersAreRefused() throws {
