@@ -77,7 +77,8 @@ demo: build $(STEM_WEIGHTS)
 	$(BIN)/wsss summary $(DEMO_PIPELINES) $(DEMO_SET) --out Artifacts/demo
 
 # Every demo pipeline with training seeds 0, 1 and 2 (same scenes), then mean and standard
-# deviation per summary field: Artifacts/compare/compare.md and compare.json. About three demos long.
+# deviation per summary field: Artifacts/compare/compare.md and compare.json. Seed 0 is the demo's
+# own run (cached after `make demo`); seeds 1 and 2 are a whole demo each (~27 min on 2 cores).
 COMPARE_SEEDS := 0 1 2
 compare: build $(STEM_WEIGHTS)
 	@for s in $(COMPARE_SEEDS); do \
