@@ -117,12 +117,12 @@ final class SingleStageRun {
     func pseudoLabels(_ acts: ViTActivations, view: Tensor, draws: [AugmentationDraw], labels: UnsafePointer<Float>, classes C: Int) -> [UInt8] {
         let B = acts.batch, N = acts.patches, h = acts.gridH, w = acts.gridW, S = size
         var out = [UInt8](repeating: 255, count: B * S * S)
-        let scores = SharedPointer(acts.patchScores.data), labelPointer = SharedPointer(labels)
-        // PAR per image is serial work (~2 ms): spread the batch over the cores.
+        let scores = SendablePointer(acts.patchScores.data), labelPointer = SendablePointer(labels)
+        // PAR per image is serial work: spread over the cores (epoch with segmentation 27.5 s -> 24.6 s).
         out.withUnsafeMutableBufferPointer { buffer in
-            let target = SharedPointer(buffer.baseAddress!)
+            let target = SendablePointer(buffer.baseAddress!)
             DispatchQueue.concurrentPerform(iterations: B) { b in
-                let scores = scores.pointer, labels = labelPointer.pointer, out = target.pointer
+                let scores = scores.p, labels = labelPointer.p, out = target.p
                 let present = (0..<C).filter { labels[b * C + $0] > 0.5 }
                 var values = [Float](repeating: 0, count: present.count * N)
                 for (k, c) in present.enumerated() {
@@ -142,13 +142,6 @@ final class SingleStageRun {
             }
         }
         return out
-    }
-
-    /// A pointer handed to concurrentPerform's closures; each task touches its own image.
-    struct SharedPointer<T>: @unchecked Sendable {
-        let pointer: UnsafeMutablePointer<T>
-        init(_ p: UnsafeMutablePointer<T>) { pointer = p }
-        init(_ p: UnsafePointer<T>) { pointer = UnsafeMutablePointer(mutating: p) }
     }
 
     /// The view as 8-bit RGB (PAR reads colour differences).
