@@ -96,7 +96,7 @@ reproduce: build $(STEM_WEIGHTS)
 # Side by side with PyTorch CPU (a venv made from the torch wheel in /opt/wheels): PAR at 512x512,
 # then a classify-train step of the default model; the last line is `RATIO train-step-vs-pytorch X`.
 bench: deps $(STEM_WEIGHTS)
-	bash Scripts/bench.sh
+	bash Benchmarks/bench.sh
 
 clean:
 	rm -rf .build Artifacts/demo

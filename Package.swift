@@ -9,18 +9,21 @@ let fastMath: [SwiftSetting] = [
 
 let stageNames = [
     "prepare-data", "classify-train", "extract-attention", "cam-refine",
-    "pseudo-label", "psa-refine", "seg-train", "evaluate",
+    "pseudo-label", "psa-refine", "seg-train", "single-stage-train", "evaluate",
 ]
 
 /// Every stage executable depends on the same plumbing plus whatever its work needs.
 let stageDependencies: [String: [Target.Dependency]] = [
     "prepare-data": ["Datasets", "Imaging"],
-    "classify-train": ["Engine", "Datasets", "Imaging", "Localization"],
-    "extract-attention": ["Engine", "Datasets", "Imaging", "Localization"],
-    "cam-refine": ["Imaging", "Datasets", "Localization"],
+    "classify-train": ["Engine", "Training", "Datasets", "Imaging", "Localization", "AReAM", "ACR"],
+    "extract-attention": ["Engine", "Training", "Datasets", "Imaging", "Localization", "CAM"],
+    "cam-refine": ["Imaging", "Datasets", "Localization", "AReAM", "CAMRefinement"],
     "pseudo-label": ["Imaging", "Datasets", "Localization"],
-    "psa-refine": ["Engine", "PSA", "Localization", "Datasets", "Imaging"],
-    "seg-train": ["Engine", "Datasets", "Imaging", "Localization"],
+    "psa-refine": ["Engine", "Training", "PSA", "Localization", "Datasets", "Imaging"],
+    "seg-train": ["Engine", "Training", "Datasets", "Imaging", "Localization"],
+    // The only stage that links FSR: an FSR edit leaves every other stage's executable, and so its
+    // cache key, unchanged (StageTests/ModuleBoundaryTests pins this).
+    "single-stage-train": ["Engine", "Training", "Datasets", "Imaging", "Localization", "SingleStage", "FSR"],
     "evaluate": ["Imaging", "Datasets", "Localization"],
 ]
 
@@ -47,48 +50,74 @@ let package = Package(
         .target(name: "ArtifactStore", dependencies: [
             "CHDF5", "CZstd", .product(name: "Crypto", package: "swift-crypto"),
         ]),
+        // Small pieces several modules share: the seeded generators.
+        .target(name: "Primitives", swiftSettings: fastMath),
         .target(name: "Imaging", dependencies: ["CPNG", "CJPEG"], swiftSettings: fastMath),
-        .target(name: "Datasets", dependencies: ["ArtifactStore", "Imaging", "CZlib"], swiftSettings: fastMath),
+        .target(name: "Datasets", dependencies: ["ArtifactStore", "Imaging", "CZlib", "Primitives"], swiftSettings: fastMath),
         .target(name: "StageKit", dependencies: [
             "ArtifactStore",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
-        .target(name: "Engine", dependencies: ["COpenBLAS", "ArtifactStore"], swiftSettings: fastMath),
+        .target(name: "Engine", dependencies: ["COpenBLAS", "ArtifactStore", "Primitives"], swiftSettings: fastMath),
         .target(name: "Localization", dependencies: ["COpenBLAS", "Imaging", "ArtifactStore", "Datasets"], swiftSettings: fastMath),
         // PSA / AffinityNet: confident pairs, the affinity head and loss, the random walk.
-        .target(name: "PSA", dependencies: ["Engine", "COpenBLAS"], swiftSettings: fastMath),
+        .target(name: "PSA", dependencies: ["Engine", "COpenBLAS", "Primitives"], swiftSettings: fastMath),
+
+        // What the trainers share above the engine: the checkpoint layout, training logs, batching,
+        // the segmentation epoch loop and predictor.
+        .target(name: "Training", dependencies: [
+            "Engine", "Datasets", "Imaging", "Localization", "ArtifactStore", "StageKit", "Primitives",
+            .product(name: "Logging", package: "swift-log"),
+        ], swiftSettings: fastMath),
+
+        // Methods (Sources/Methods/<family>): each paper's objectives, online label makers and
+        // heads, one module per family so that a stage links only the methods it can run, and an
+        // edit to one method changes only the executables (cache keys) of the stages that run it.
+        .target(name: "CAM", dependencies: ["Engine", "Primitives"], path: "Sources/Methods/CAM", swiftSettings: fastMath),
+        .target(name: "AReAM", dependencies: ["Engine", "Localization", "COpenBLAS", "Primitives"], path: "Sources/Methods/AReAM", swiftSettings: fastMath),
+        .target(name: "ACR", dependencies: ["Engine", "Localization", "Primitives"], path: "Sources/Methods/ACR", swiftSettings: fastMath),
+        .target(name: "CAMRefinement", dependencies: ["Localization", "AReAM", "ACR", "COpenBLAS", "Primitives"],
+                path: "Sources/Methods/CAMRefinement", swiftSettings: fastMath),
+        .target(name: "FSR", dependencies: ["Engine", "Primitives"], path: "Sources/Methods/FSR", swiftSettings: fastMath),
+        .target(name: "SingleStage", dependencies: ["Engine", "FSR", "Localization", "Imaging", "ArtifactStore", "Primitives", "Training"],
+                path: "Sources/Methods/SingleStage", swiftSettings: fastMath),
         .target(name: "Runner", dependencies: [
             "ArtifactStore", "StageKit",
             .product(name: "Yams", package: "Yams"),
             .product(name: "Crypto", package: "swift-crypto"),
         ]),
         // Engine micro-benchmarks (release build; not part of the tests).
-        .executableTarget(name: "engine-bench", dependencies: ["Engine", "Localization"], swiftSettings: fastMath),
-        // Times a training step side by side with PyTorch (Scripts/bench.sh, `make bench`).
-        .executableTarget(name: "bench-train-step", dependencies: ["Engine", "COpenBLAS"], swiftSettings: fastMath),
+        .executableTarget(name: "engine-bench", dependencies: ["Engine", "Localization", "Primitives", "ACR"], swiftSettings: fastMath),
+        // Times a training step side by side with PyTorch (Benchmarks/bench.sh, `make bench`).
+        .executableTarget(name: "bench-train-step", dependencies: ["Engine", "COpenBLAS", "Primitives"], swiftSettings: fastMath),
         .executableTarget(name: "wsss", dependencies: [
             "Runner", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 
         .testTarget(name: "ArtifactStoreTests", dependencies: ["ArtifactStore"]),
         .testTarget(name: "ImagingTests", dependencies: ["Imaging"]),
-        .testTarget(name: "DatasetsTests", dependencies: ["Datasets", "ArtifactStore", "Imaging"]),
+        .testTarget(name: "DatasetsTests", dependencies: ["Datasets", "ArtifactStore", "Imaging", "Primitives"]),
         .testTarget(name: "StageKitTests", dependencies: ["StageKit"]),
-        .testTarget(name: "EngineTests", dependencies: ["Engine", "ArtifactStore"], exclude: ["Fixtures"]),
-        .testTarget(name: "RunnerTests", dependencies: ["Runner", "ArtifactStore", "wsss-test-stage", "wsss"]),
+        // Helpers shared by the test targets: finite-difference gradient checks, the stage process runner.
+        .target(name: "TestSupport", dependencies: ["Engine", "Primitives", "ArtifactStore"], path: "Tests/TestSupport"),
+        .testTarget(name: "EngineTests", dependencies: ["Engine", "ArtifactStore", "Primitives", "TestSupport"], exclude: ["Fixtures"]),
+        .testTarget(name: "MethodsTests", dependencies: [
+            "CAM", "AReAM", "ACR", "CAMRefinement", "FSR", "SingleStage", "Engine", "Localization", "ArtifactStore", "Datasets", "Imaging", "Primitives", "Training", "TestSupport",
+        ], exclude: ["Fixtures"]),
+        .testTarget(name: "RunnerTests", dependencies: ["Runner", "ArtifactStore", "wsss-test-stage", "wsss", "TestSupport"]),
         // A real stage executable (StageKit contract) that the runner's tests run.
         .executableTarget(name: "wsss-test-stage", dependencies: [
             "StageKit", .product(name: "Crypto", package: "swift-crypto"),
         ]),
-        .testTarget(name: "PSATests", dependencies: ["PSA", "Engine"]),
+        .testTarget(name: "PSATests", dependencies: ["PSA", "Engine", "Primitives"]),
         .testTarget(name: "LocalizationTests", dependencies: ["Localization", "ArtifactStore", "Imaging", "Datasets"], exclude: ["Fixtures"]),
         // Runs the stage executables end to end (they are built alongside the tests).
-        .testTarget(name: "StageTests", dependencies: ["ArtifactStore", "Datasets", "Imaging", "Localization", "Engine"]),
+        .testTarget(name: "StageTests", dependencies: ["ArtifactStore", "Datasets", "Imaging", "Localization", "Engine", "Training", "Primitives", "CAM", "TestSupport"]),
     ] + stageNames.map { name in
         .executableTarget(
             name: name,
-            dependencies: ["StageKit", "ArtifactStore"] + (stageDependencies[name] ?? []),
+            dependencies: ["StageKit", "ArtifactStore", "Primitives"] + (stageDependencies[name] ?? []),
             swiftSettings: fastMath
         )
     },

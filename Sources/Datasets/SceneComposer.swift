@@ -1,5 +1,6 @@
 import ArtifactStore
 import Foundation
+import Primitives
 import Imaging
 
 /// A parameter combination that cannot work, reported as one line.

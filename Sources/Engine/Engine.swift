@@ -1,3 +1,4 @@
+import Primitives
 /// The numerical engine: tensors over aligned float32 buffers and layer kernels over BLAS.
 ///
 /// # API overview
@@ -15,7 +16,7 @@
 /// `TensorOf<S>(shape:)` (zeroed, 64-byte aligned), `init(shape:values:)`, `data` (the raw
 /// pointer hot loops use), `shape`, `count`, `reshaped`, `slice` (views sharing memory), `zero`,
 /// `fill`, `copy(from:)`, `clone`, `toArray`, `subscript[i, j, ...]` (slow, for tests/setup),
-/// `fillTruncatedNormal/Normal/Uniform(rng:)`. `EngineRNG(seed:)` is the seeded generator.
+/// `fillTruncatedNormal/Normal/Uniform(rng:)`. `SplitMix64(seed:)` is the seeded generator.
 /// A raw pointer does not keep its tensor alive: keep the tensor referenced while using `data`.
 ///
 /// **Layout.** Row-major, contiguous. Token matrices are `[B*T, D]`; images and feature maps
@@ -34,7 +35,7 @@
 /// (align_corners=False), losses `multilabelSoftMargin`, `bceWithLogits`, `bceLoss`, `l1Loss`,
 /// `pixelCrossEntropy` (ignore index 255) returning the loss and adding `weight * gradient`.
 ///
-/// **Model.** ``ViTOf`` with ``ViTConfig`` (Codable, snake_case keys as /work/vit-spec.md).
+/// **Model.** ``ViTOf`` with ``ViTConfig`` (Codable, snake_case keys as in the checkpoint layout, Sources/Training/Checkpoint.swift).
 /// Images are `[B, H, W, 3]` float, channels-last, already normalised; H, W multiples of the
 /// patch size (other grids interpolate the position embedding).
 /// `let acts = vit.forward(images:, training:, patchMask:, reuse:)` returns a ``ViTActivationsOf`` holding the
@@ -67,7 +68,7 @@
 /// `ViT(config:seed:stem:)`. It takes the ViT's normalised input (its `inputNormalization`, the
 /// checkpoint's) and maps it back to its own (rgb - 127) / 128. Not in `parameters`; its tensors
 /// are in `stateDict()` / `frozenTensors` as `stem.*`, which checkpoint writers store in every
-/// weight group and `LoadedCheckpoint.makeModel` rebuilds the stem from. Kernels:
+/// weight group and `Checkpoint.makeModel` rebuilds the stem from. Kernels:
 /// `depthwiseConv2dForward`, `relu6`. `forwardFLOPs` / `trainingFLOPs` count the stem.
 ///
 /// **Composed losses.** ``TapeOf`` / ``VarOf``: a small reverse-mode tape over tensors (broadcasting

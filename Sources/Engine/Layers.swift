@@ -1,3 +1,4 @@
+import Primitives
 /// Whole-layer kernels over raw pointers with explicit sizes (llm.c style). Every backward ADDS
 /// into its gradient outputs. Row-major throughout; a token matrix is [rows, features].
 public enum Kernels {}
@@ -275,7 +276,7 @@ extension Kernels {
     @_specialize(where S == Float)
     public static func dropoutForward<S: EngineScalar>(
         out: UnsafeMutablePointer<S>, mask: UnsafeMutablePointer<S>, inp: UnsafePointer<S>,
-        count: Int, p: Double, rng: inout EngineRNG
+        count: Int, p: Double, rng: inout SplitMix64
     ) {
         precondition(p >= 0 && p < 1, "dropout probability \(p) outside [0, 1)")
         let keep = S(1 / (1 - p))
@@ -294,7 +295,7 @@ extension Kernels {
     /// Per-sample keep scales for drop-path (stochastic depth): 0 with probability p,
     /// else 1/(1-p), as timm's drop_path with scale_by_keep.
     public static func dropPathScales<S: EngineScalar>(
-        into scales: UnsafeMutablePointer<S>, batch: Int, p: Double, rng: inout EngineRNG
+        into scales: UnsafeMutablePointer<S>, batch: Int, p: Double, rng: inout SplitMix64
     ) {
         precondition(p >= 0 && p < 1, "drop-path probability \(p) outside [0, 1)")
         for b in 0..<batch { scales[b] = p > 0 && rng.uniform() < p ? 0 : S(1 / (1 - p)) }

@@ -2,7 +2,7 @@ import ArtifactStore
 import Foundation
 
 // Pretrained convolutional stem files (written by Scripts/import_pretrained.py; random-weight
-// fixtures by Scripts/make_stem_fixture.py). BatchNorm is folded, so every conv is conv + bias:
+// fixtures by Tests/Fixtures/make_stem_fixture.py). BatchNorm is folded, so every conv is conv + bias:
 //
 //     /                      kind "pretrained_stem", architecture (e.g. "efficientnet_lite0"),
 //                            blocks, stride, out_channels (int), input_mean [3], input_std [3]

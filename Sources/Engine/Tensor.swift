@@ -1,3 +1,4 @@
+import Primitives
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -130,47 +131,15 @@ extension TensorOf: CustomStringConvertible {
     }
 }
 
-/// Seeded random numbers (SplitMix64): reproducible init, dropout masks and test data.
-public struct EngineRNG {
-    public private(set) var state: UInt64
-    public init(seed: UInt64) { state = seed }
-
-    public mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1) with 53 random bits.
-    public mutating func uniform() -> Double { Double(next() >> 11) * 0x1.0p-53 }
-
-    /// Standard normal (Box-Muller).
-    public mutating func normal() -> Double {
-        let u1 = max(uniform(), 1e-300), u2 = uniform()
-        return (-2 * log(u1)).squareRoot() * cos(2 * Double.pi * u2)
-    }
-
-    /// Normal(0, std) restricted to [lo, hi] by resampling. The bounds are absolute values as in
-    /// timm's `trunc_normal_(t, std, a=-2, b=2)` that DeiT uses (at std 0.02 they never bind).
-    public mutating func truncatedNormal(std: Double, lo: Double = -2, hi: Double = 2) -> Double {
-        while true {
-            let z = normal() * std
-            if z >= lo && z <= hi { return z }
-        }
-    }
-}
-
 extension TensorOf {
     /// Fills with Normal(0, std) values restricted to [lo, hi] (timm defaults).
-    public func fillTruncatedNormal(std: Double, lo: Double = -2, hi: Double = 2, rng: inout EngineRNG) {
+    public func fillTruncatedNormal(std: Double, lo: Double = -2, hi: Double = 2, rng: inout SplitMix64) {
         for i in 0..<count { data[i] = S(rng.truncatedNormal(std: std, lo: lo, hi: hi)) }
     }
-    public func fillUniform(_ lo: Double, _ hi: Double, rng: inout EngineRNG) {
+    public func fillUniform(_ lo: Double, _ hi: Double, rng: inout SplitMix64) {
         for i in 0..<count { data[i] = S(lo + (hi - lo) * rng.uniform()) }
     }
-    public func fillNormal(std: Double, rng: inout EngineRNG) {
+    public func fillNormal(std: Double, rng: inout SplitMix64) {
         for i in 0..<count { data[i] = S(rng.normal() * std) }
     }
 }

@@ -1,8 +1,9 @@
 import Foundation
+import Primitives
 
 public typealias ViT = ViTOf<Float>
 
-/// Model configuration (see /work/vit-spec.md). JSON keys are snake_case as in the spec.
+/// Model configuration, stored in checkpoints as JSON with snake_case keys.
 public struct ViTConfig: Codable, Equatable, Sendable {
     public var imageSize: Int
     public var patchSize: Int
@@ -136,7 +137,7 @@ public final class ParameterOf<S: EngineScalar> {
     public let name: String
     public let value: TensorOf<S>
     public let grad: TensorOf<S>
-    init(_ name: String, _ shape: [Int]) {
+    public init(_ name: String, _ shape: [Int]) {
         self.name = name
         value = TensorOf(shape: shape)
         grad = TensorOf(shape: shape)
@@ -252,13 +253,13 @@ public final class ViTActivationsOf<S: EngineScalar> {
 }
 
 /// DeiT-style pre-norm vision transformer with a CAM head over patch tokens and a class-token
-/// head. Parameters carry PyTorch state-dict names; see /work/vit-spec.md.
+/// head. Parameters carry PyTorch (timm) state-dict names.
 public final class ViTOf<S: EngineScalar> {
     public let config: ViTConfig
     /// Every parameter in PyTorch's `named_parameters()` order.
     public let parameterList: [ParameterOf<S>]
     /// Seeded stream for drop-path masks.
-    public var rng: EngineRNG
+    public var rng: SplitMix64
 
     struct Block {
         let norm1W, norm1B, qkvW, qkvB, projW, projB, norm2W, norm2B, fc1W, fc1B, fc2W, fc2B: ParameterOf<S>
@@ -320,9 +321,9 @@ public final class ViTOf<S: EngineScalar> {
         clsW = param("cls_head.weight", [C, D])
         clsB = param("cls_head.bias", [C])
         parameterList = list
-        rng = EngineRNG(seed: seed ^ 0x5EED_D0D0)
+        rng = SplitMix64(seed: seed ^ 0x5EED_D0D0)
 
-        var initRNG = EngineRNG(seed: seed)
+        var initRNG = SplitMix64(seed: seed)
         for q in list {
             if q.name.hasSuffix("norm1.weight") || q.name.hasSuffix("norm2.weight") || q.name == "norm.weight" {
                 q.value.fill(1)

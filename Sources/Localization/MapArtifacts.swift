@@ -344,3 +344,13 @@ public final class AttentionMapsReader {
         return AttentionMaps(layers: layers, tokens: tokens, patchAttention: p.values, classAttention: c.values, classes: ids, gradients: g.values)
     }
 }
+
+extension ClassMapsWriter {
+    /// Maps rounded as a cams artifact stores them (float16), so that the analysis scores exactly what
+    /// `evaluate` would score on a written artifact.
+    public static func asStored(_ maps: ClassMaps) -> ClassMaps {
+        var rounded = maps
+        rounded.values = maps.values.map { Float(Float16($0)) }
+        return rounded
+    }
+}

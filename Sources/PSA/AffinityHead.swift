@@ -1,3 +1,4 @@
+import Primitives
 import Engine
 
 #if canImport(Glibc)
@@ -22,7 +23,7 @@ public final class AffinityHeadOf<S: EngineScalar> {
         gw1 = TensorOf<S>(shape: w1.shape); gb1 = TensorOf<S>(shape: b1.shape)
         gw2 = TensorOf<S>(shape: w2.shape); gb2 = TensorOf<S>(shape: b2.shape)
         // PyTorch's Linear default (uniform +-1/sqrt(fan_in)); biases start at zero.
-        var rng = EngineRNG(seed: seed)
+        var rng = SplitMix64(seed: seed)
         w1.fillUniform(-1 / Double(inFeatures).squareRoot(), 1 / Double(inFeatures).squareRoot(), rng: &rng)
         w2.fillUniform(-1 / Double(hidden).squareRoot(), 1 / Double(hidden).squareRoot(), rng: &rng)
     }

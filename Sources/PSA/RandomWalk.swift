@@ -9,6 +9,19 @@ import Darwin
 /// PSA's random walk: T = a^beta within a radius (0 elsewhere, diagonal 1), columns normalised to
 /// sum 1 (PSA: trans = aff / aff.sum(0)); refined maps = maps [K, n] x T^(2^logt).
 public enum RandomWalk {
+    /// The walk's input: planar [background, M_1..M_K] over `tokens` positions, with the
+    /// background (1 - max M)^alpha from the K class maps `maps` [K, tokens].
+    public static func withBackground(_ maps: [Float], classes k: Int, tokens n: Int, alpha: Float) -> [Float] {
+        var out = [Float](repeating: 0, count: (k + 1) * n)
+        for p in 0..<n {
+            var m: Float = 0
+            for c in 0..<k { m = max(m, maps[c * n + p]) }
+            out[p] = powf(max(0, 1 - m), alpha)
+        }
+        for i in 0..<maps.count { out[n + i] = maps[i] }
+        return out
+    }
+
     /// A column-stochastic sparse n x n transition stored by columns: column j holds rows
     /// `rows[columnStart[j]..<columnStart[j+1]]` with `values` (the diagonal included).
     public struct Transition: Sendable {

@@ -126,7 +126,7 @@ extension Runner {
     }
 
     /// Stage executables whose time counts as training time (`train_seconds` of a summary row).
-    public static let trainingExecutables: Set<String> = ["classify-train", "seg-train", "psa-refine"]
+    public static let trainingExecutables: Set<String> = ["classify-train", "seg-train", "single-stage-train", "psa-refine"]
 
     /// The pipelines' `summary:` fields side by side (one row per field, in first-seen order), then
     /// `train_seconds` (stages running a training executable) and `total_seconds`, with the

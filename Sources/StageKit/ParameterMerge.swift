@@ -48,3 +48,4 @@ public enum ParameterMerge {
         return (params, try canonicalJSON(try jsonObject(params)))
     }
 }
+

@@ -26,6 +26,10 @@ public struct StageOptions: ParsableArguments {
     @Flag(help: "Print this stage's inputs, outputs and default parameters as JSON and exit.")
     public var describe = false
 
+    @Flag(name: .customLong("check-params"),
+          help: "Decode the parameters (defaults, --params, --param) and exit: status 0 when every name, type and choice is valid.")
+    public var checkParams = false
+
     public init() {}
 }
 
@@ -129,6 +133,10 @@ public enum StageMain {
                 print(try describe(spec, defaults: P()))
                 exit(0)
             }
+            if options.checkParams {
+                _ = try ParameterMerge.merge(P.self, layers: try parameterLayers(options))
+                exit(0)
+            }
             let context = try makeContext(spec, options: options, parameters: P.self)
             try body(context)
             exit(0)
@@ -174,6 +182,12 @@ public enum StageMain {
         for name in spec.outputs where outputs[name] == nil {
             throw StageError("missing output '\(name)': pass --out \(name)=PATH")
         }
+        let (params, json) = try ParameterMerge.merge(P.self, layers: try parameterLayers(options))
+        return StageContext(spec: spec, params: params, paramsJSON: json, inputs: inputs, outputs: outputs)
+    }
+
+    /// The parameter layers over the defaults: the --params file, then each --param.
+    static func parameterLayers(_ options: StageOptions) throws -> [[String: Any]] {
         var fileParams: [String: Any] = [:]
         if let file = options.paramsFile {
             guard let data = FileManager.default.contents(atPath: file) else { throw StageError("\(file): cannot read parameter file") }
@@ -186,8 +200,7 @@ public enum StageMain {
         for (key, text) in try pairs(options.paramOverrides, flag: "--param") {
             overrides[key] = ParameterMerge.parseValue(text)
         }
-        let (params, json) = try ParameterMerge.merge(P.self, layers: [fileParams, overrides])
-        return StageContext(spec: spec, params: params, paramsJSON: json, inputs: inputs, outputs: outputs)
+        return [fileParams, overrides]
     }
 
     static func pairs(_ items: [String], flag: String) throws -> [String: String] {

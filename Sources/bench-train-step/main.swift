@@ -1,9 +1,10 @@
 // Times one training step (forward, loss, backward, clipping, AdamW, as ClassifierTrainer runs
-// it in classify-train) and sgemm in the same process, and prints one JSON line. Scripts/bench.sh
-// runs it side by side with Scripts/bench_pytorch.py and prints the ratio.
+// it in classify-train) and sgemm in the same process, and prints one JSON line. Benchmarks/bench.sh
+// runs it side by side with Benchmarks/bench_pytorch.py and prints the ratio.
 import COpenBLAS
 import Engine
 import Foundation
+import Primitives
 
 let blasLine = BLASCorePolicy.apply()  // may re-execute with other OpenBLAS kernels
 
@@ -28,7 +29,7 @@ func now() -> Double {
 /// Best-of-three sgemm rate (GFLOP/s) for C[m, n] = A[m, k] B[k, n].
 func sgemmRate(m: Int, n: Int, k: Int) -> Double {
     let a = Tensor(shape: [m, k]), b = Tensor(shape: [k, n]), c = Tensor(shape: [m, n])
-    var rng = TrainingRandom(seed: 1)
+    var rng = SplitMix64(seed: 1)
     for i in 0..<a.count { a.data[i] = Float(rng.uniform()) }
     for i in 0..<b.count { b.data[i] = Float(rng.uniform()) }
     func run() { cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, blasint(m), blasint(n), blasint(k), 1, a.data, blasint(k), b.data, blasint(n), 0, c.data, blasint(n)) }
@@ -73,7 +74,7 @@ settings.totalSteps = 1_000_000
 let trainer = ClassifierTrainer(model: model, settings: settings)
 let images = Tensor(shape: [batch, config.imageSize, config.imageSize, 3])
 var labels = [Float](repeating: 0, count: batch * config.numClasses)
-var rng = TrainingRandom(seed: 2)
+var rng = SplitMix64(seed: 2)
 for i in 0..<images.count { images.data[i] = Float(rng.normal()) }
 for i in 0..<labels.count { labels[i] = rng.uniform() < 0.3 ? 1 : 0 }
 

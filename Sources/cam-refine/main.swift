@@ -2,19 +2,21 @@ import ArtifactStore
 import Datasets
 import Foundation
 import Imaging
+import AReAM
+import CAMRefinement
 import Localization
+import Primitives
 import StageKit
 
 struct Params: StageParameters {
-    /// none | mean | areaM | acr
-    var method = "areaM"
+    var method = RefinementMethod.areaM
     /// Affinity layers for mean, areaM and ACR's eq. 8 affinity: indices, negative from the end
     /// (-1 = last), empty = all layers.
     var layers: [Int] = []
     /// areaM layer weights: "code" (split-mean entropies, min-max across layers: what produced
     /// the paper's numbers, and what its text calls "mean normalized inverse entropy") or "paper"
     /// (eq. 8 per image, entropy divided by log n so that 1 - H stays in [0, 1]).
-    var areaMWeighting = "code"
+    var areamWeighting = AReAMWeighting.code
     /// ACR: gradient rows of layers acr_start_layer... are averaged (negative from the end).
     var acrStartLayer = 0
     /// ACR: eq. 8 (spread by the mean affinity of `layers`) when true, eq. 7 when false.
@@ -28,7 +30,7 @@ struct Params: StageParameters {
     var thresholdStep = 0.01
 
     enum CodingKeys: String, CodingKey {
-        case method, layers, areaMWeighting = "areaM_weighting", acrStartLayer = "acr_start_layer"
+        case method, layers, areamWeighting = "aream_weighting", acrStartLayer = "acr_start_layer"
         case acrUseAffinity = "acr_use_affinity", analyse
         case thresholdStart = "threshold_start", thresholdStop = "threshold_stop", thresholdStep = "threshold_step"
     }
@@ -40,77 +42,6 @@ let spec = StageSpec(
     summary: "Refines CAM seeds with attention affinity (none, mean, areaM, acr); analyse mode scores each layer (Hellinger distance, single-layer mIoU).",
     inputs: ["cams", "attention"], optionalInputs: ["dataset"], outputs: ["cams", "report", "chart"])
 
-/// The seeds and the attention must describe the same images of the same dataset split.
-func checkPairing(_ seeds: ClassMapsReader, _ attention: AttentionMapsReader) throws {
-    let s = seeds.artifact.path, a = attention.artifact.path
-    guard attention.context.datasetHash == seeds.context.datasetHash else {
-        throw StoreError(path: a, "was extracted from another dataset (\(attention.context.datasetHash.prefix(19))...) than the seeds \(s) (\(seeds.context.datasetHash.prefix(19))...)")
-    }
-    guard attention.context.split == seeds.context.split else {
-        throw StoreError(path: a, "covers split '\(attention.context.split)', the seeds \(s) cover split '\(seeds.context.split)'")
-    }
-    guard attention.context.classNames == seeds.context.classNames else {
-        throw StoreError(path: a, "has classes \(attention.context.classNames), the seeds \(s) have \(seeds.context.classNames)")
-    }
-    if attention.imageIndices != seeds.imageIndices {
-        let inAttention = Set(attention.imageIndices), inSeeds = Set(seeds.imageIndices)
-        if let missing = seeds.imageIndices.first(where: { !inAttention.contains($0) }) {
-            throw StoreError(path: a, "has no entry for image \(missing) of the seeds \(s)")
-        }
-        if let missing = attention.imageIndices.first(where: { !inSeeds.contains($0) }) {
-            throw StoreError(path: s, "has no entry for image \(missing) of the attention \(a)")
-        }
-        guard attention.count == seeds.count else {
-            throw StoreError(path: a, "has \(attention.count) entries for the \(inSeeds.count) images of the seeds \(s) (\(seeds.count) entries): an image is listed twice")
-        }
-        let n = attention.imageIndices.indices.first { attention.imageIndices[$0] != seeds.imageIndices[$0] }!
-        throw StoreError(path: a, "lists the images in another order than the seeds \(s): entry \(n) is image \(attention.imageIndices[n]) here, image \(seeds.imageIndices[n]) there")
-    }
-    for n in 0..<seeds.count where seeds.imageSizes[n] != attention.imageSizes[n] {
-        throw StoreError(path: a, "entry \(n): image \(seeds.imageIndices[n]) is \(attention.imageSizes[n].width)x\(attention.imageSizes[n].height) here, \(seeds.imageSizes[n].width)x\(seeds.imageSizes[n].height) in the seeds \(s)")
-    }
-}
-
-/// Per entry: seeds on the attention's token grid, gradients for exactly the seeds' classes.
-func checkEntry(_ n: Int, _ maps: ClassMaps, _ record: AttentionMaps, seeds: ClassMapsReader, attention: AttentionMapsReader) throws {
-    let image = seeds.imageIndices[n]
-    guard maps.height == attention.gridHeight && maps.width == attention.gridWidth else {
-        throw StoreError(path: seeds.artifact.path, "entry \(n) (image \(image)): maps are \(maps.height)x\(maps.width), the token grid of the attention \(attention.artifact.path) is \(attention.gridHeight)x\(attention.gridWidth)")
-    }
-    let classCount = seeds.context.classNames.count
-    if let bad = maps.classes.first(where: { $0 < 1 || $0 > classCount }) {
-        throw StoreError(path: seeds.artifact.path, "entry \(n) (image \(image)): class id \(bad) outside 1...\(classCount)")
-    }
-    guard maps.classes.count == record.classes.count && Set(maps.classes) == Set(record.classes) else {
-        throw StoreError(path: attention.artifact.path, "entry \(n) (image \(image)): gradients for classes \(record.classes), the seeds \(seeds.artifact.path) have classes \(maps.classes)")
-    }
-}
-
-/// Running per-layer statistics of the weights actually applied.
-struct WeightStatistics {
-    var sum: [Double], low: [Double], high: [Double], images = 0
-    init(layers: Int) {
-        sum = [Double](repeating: 0, count: layers)
-        low = [Double](repeating: .infinity, count: layers)
-        high = [Double](repeating: -.infinity, count: layers)
-    }
-    mutating func add(_ weights: [Float]) {
-        for (i, w) in weights.enumerated() {
-            sum[i] += Double(w); low[i] = min(low[i], Double(w)); high[i] = max(high[i], Double(w))
-        }
-        images += 1
-    }
-    var mean: [Double] { sum.map { images > 0 ? $0 / Double(images) : .nan } }
-}
-
-/// Maps rounded as a cams artifact stores them (float16), so that the analysis scores exactly what
-/// `evaluate` would score on a written artifact.
-func asStored(_ maps: ClassMaps) -> ClassMaps {
-    var rounded = maps
-    rounded.values = maps.values.map { Float(Float16($0)) }
-    return rounded
-}
-
 func json(_ value: Double) -> Any { value.isFinite ? value : NSNull() }
 func format(_ value: Double) -> String { value.isFinite ? String(format: "%.4f", value) : "n/a" }
 /// Right-aligns `text` in `width` columns.
@@ -119,25 +50,19 @@ func padRight(_ text: String, _ width: Int) -> String { text + String(repeating:
 
 StageMain.run(spec, parameters: Params.self) { ctx in
     let p = ctx.params
-    guard let method = RefinementMethod(rawValue: p.method) else {
-        throw StageError("method must be one of \(RefinementMethod.allCases.map(\.rawValue).joined(separator: ", ")), got '\(p.method)'")
-    }
-    guard let weighting = AReAMWeighting(rawValue: p.areaMWeighting) else {
-        throw StageError("areaM_weighting must be one of \(AReAMWeighting.allCases.map(\.rawValue).joined(separator: ", ")), got '\(p.areaMWeighting)'")
-    }
+    let method = p.method, weighting = p.areamWeighting
     guard p.thresholdStep > 0, p.thresholdStop >= p.thresholdStart else {
         throw StageError("threshold sweep needs threshold_step > 0 and threshold_stop >= threshold_start")
     }
     let seeds = try ClassMapsReader(path: ctx.input("cams"))
     let attention = try AttentionMapsReader(path: ctx.input("attention"))
-    try checkPairing(seeds, attention)
+    try attention.checkPairing(with: seeds)
 
     var split: DatasetSplit?
     if let datasetPath = ctx.optionalInput("dataset") {
         let dataset = try DatasetReader(path: datasetPath)
-        let checked = try dataset.split(for: seeds.context, datasetHash: try ctx.inputContentHashes()["dataset"]!, artifactPath: seeds.artifact.path)
-        for index in seeds.imageIndices { try checked.checkIndex(index, artifactPath: seeds.artifact.path) }
-        split = checked
+        split = try dataset.split(for: seeds.context, datasetHash: try ctx.inputContentHashes()["dataset"]!,
+                                  artifactPath: seeds.artifact.path, imageIndices: seeds.imageIndices)
     } else if p.analyse {
         throw StageError("analyse scores against ground truth: pass the optional input --in dataset=PATH")
     }
@@ -163,7 +88,7 @@ StageMain.run(spec, parameters: Params.self) { ctx in
         let progress = ProgressReporter("cam-refine pass 1/2 (layer entropies)", total: seeds.count, unit: "img")
         for n in 0..<seeds.count {
             let maps = try seeds.maps(n), record = try attention.record(n)
-            try checkEntry(n, maps, record, seeds: seeds, attention: attention)
+            try attention.checkEntry(n, maps, record, seeds: seeds)
             if !maps.classes.isEmpty {
                 withClasses += 1
                 for l in 0..<layerCount {
@@ -217,7 +142,7 @@ StageMain.run(spec, parameters: Params.self) { ctx in
     let progress = ProgressReporter(needsEntropies ? "cam-refine pass 2/2" : "cam-refine", total: seeds.count, unit: "img")
     for n in 0..<seeds.count {
         let maps = try seeds.maps(n), record = try attention.record(n)
-        try checkEntry(n, maps, record, seeds: seeds, attention: attention)
+        try attention.checkEntry(n, maps, record, seeds: seeds)
         let output = try refiner.refine(seeds: maps, attention: record)
         if let weights = output.weights, !maps.classes.isEmpty { statistics.add(weights) }
         if output.equalWeightsFallback { fallbacks += 1 }
@@ -225,8 +150,8 @@ StageMain.run(spec, parameters: Params.self) { ctx in
         try writer.append(imageIndex: seeds.imageIndices[n], imageHeight: size.height, imageWidth: size.width, maps: output.maps)
         if let split, p.analyse {
             let truth = try split.mask(seeds.imageIndices[n])
-            for l in 0..<layerCount { layerSweeps[l].add(asStored(try singleLayer[l].refine(seeds: maps, attention: record).maps), truth: truth) }
-            for (v, variant) in variants.enumerated() { variantSweeps[v].add(asStored(try variant.refiner.refine(seeds: maps, attention: record).maps), truth: truth) }
+            for l in 0..<layerCount { layerSweeps[l].add(ClassMapsWriter.asStored(try singleLayer[l].refine(seeds: maps, attention: record).maps), truth: truth) }
+            for (v, variant) in variants.enumerated() { variantSweeps[v].add(ClassMapsWriter.asStored(try variant.refiner.refine(seeds: maps, attention: record).maps), truth: truth) }
         }
         progress.advance()
     }
@@ -237,7 +162,7 @@ StageMain.run(spec, parameters: Params.self) { ctx in
         "grid": [attention.gridHeight, attention.gridWidth], "images": seeds.count, "split": seeds.context.split,
         "seeds": seeds.artifact.path, "attention": attention.artifact.path, "map_description": description,
     ]
-    if method == .areaM { report["areaM_weighting"] = weighting.rawValue }
+    if method == .areaM { report["aream_weighting"] = weighting.rawValue }
     if method == .acr { report["acr"] = ["gradient_layers": gradientLayers, "use_affinity": p.acrUseAffinity] }
     let appliedWeights = statistics.mean
     if method != .none && !(method == .acr && !p.acrUseAffinity) {

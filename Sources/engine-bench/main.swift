@@ -6,6 +6,8 @@
 // over between runs on this shared machine.
 import Engine
 import Foundation
+import Primitives
+import ACR
 import Localization
 
 func now() -> Double {
@@ -114,7 +116,7 @@ func benchViT() {
     let B = option("batch", 32), reps = option("reps", 7)
     if flag("attention-blas") { Kernels.attentionThreading = .blas }
     let model = try! ViT(config: cfg, seed: 1)
-    var rng = EngineRNG(seed: 2)
+    var rng = SplitMix64(seed: 2)
     let images = Tensor(shape: [B, cfg.imageSize, cfg.imageSize, 3])
     images.fillNormal(std: 1, rng: &rng)
     let gCam = Tensor(shape: [B, cfg.numClasses], repeating: 0.01), gCls = Tensor(shape: [B, cfg.numClasses], repeating: 0.01)
@@ -155,7 +157,7 @@ func benchAttention() {
     for (B, T, H, dh) in [(32, 65, 3, 64), (16, 197, 3, 64), (64, 50, 6, 64)] {
         let D = H * dh
         let qkv = Tensor(shape: [B * T, 3 * D]), out = Tensor(shape: [B * T, D])
-        var rng = EngineRNG(seed: 3)
+        var rng = SplitMix64(seed: 3)
         qkv.fillNormal(std: 1, rng: &rng)
         let probs = Tensor(shape: [B, H, T, T]), logits = Tensor(shape: [B, H, T, T]), dq = Tensor(shape: [B * T, 3 * D])
         func run(_ mode: AttentionThreading, _ backward: Bool) -> () -> Void {
@@ -182,7 +184,7 @@ func benchAttention() {
 func benchElementwise() {
     let n = 32 * 65 * 768
     let x = Tensor(shape: [n]), y = Tensor(shape: [n]), d = Tensor(shape: [n])
-    var rng = EngineRNG(seed: 4)
+    var rng = SplitMix64(seed: 4)
     x.fillNormal(std: 2, rng: &rng)
     let rowsS = n / 65, rowsL = n / 192
     let w = Tensor(shape: [192], repeating: 1), b = Tensor(shape: [192]), st = Tensor(shape: [2 * rowsL])
@@ -209,7 +211,7 @@ func benchElementwise() {
 /// L1 of class rows and patch blocks, forward + backward on the tape) at the default model's shapes.
 func benchTape() {
     let B = option("batch", 32), H = 3, T = 65, L = 6
-    var rng = EngineRNG(seed: 5)
+    var rng = SplitMix64(seed: 5)
     let maps = (0..<(2 * L)).map { _ -> Tensor in let t = Tensor(shape: [B, H, T, T]); t.fillUniform(0, 0.03, rng: &rng); return t }
     let order = TokenOrder.horizontalFlip(gridH: 8, gridW: 8)
     let t = interleaved(option("reps", 5), [{
@@ -220,10 +222,10 @@ func benchTape() {
 }
 
 /// PAR on one image (affinity + iterations), the operation the pseudo-label stage runs per image;
-/// Scripts/bench_par.py times the PyTorch reference on the same sizes.
+/// Benchmarks/bench_par.py times the PyTorch reference on the same sizes.
 func benchPAR() {
     let size = option("size", 512), maps = option("maps", 3)
-    var rng = EngineRNG(seed: 3)
+    var rng = SplitMix64(seed: 3)
     let image = (0..<size * size * 3).map { _ in Float(rng.uniform() * 255) }
     let scores = (0..<maps * size * size).map { _ in Float(rng.uniform()) }
     let par = PixelAdaptiveRefinement()
@@ -235,7 +237,7 @@ func benchPAR() {
     print(String(format: "PAR %dx%d, %d maps, %d iterations: %.1f ms", size, size, maps, par.iterations, seconds * 1000))
 }
 
-/// The frozen pretrained stem's forward (Scripts/make_stem_fixture.py --full writes real-size
+/// The frozen pretrained stem's forward (Tests/Fixtures/make_stem_fixture.py --full writes real-size
 /// random weights): time per batch and its share of FLOPs.
 func benchStem() {
     guard let i = args.firstIndex(of: "--weights"), i + 1 < args.count else {
@@ -244,7 +246,7 @@ func benchStem() {
     }
     let stem = try! PretrainedStem.load(path: args[i + 1], inputNormalization: .imageNet)
     let size = option("image", 64), B = option("batch", 32)
-    var rng = EngineRNG(seed: 1)
+    var rng = SplitMix64(seed: 1)
     let images = Tensor(shape: [B, size, size, 3])
     images.fillNormal(std: 1, rng: &rng)
     let out = Tensor(shape: [B, size / 8, size / 8, stem.outChannels])

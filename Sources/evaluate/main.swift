@@ -59,14 +59,13 @@ StageMain.run(spec, parameters: Params.self) { ctx in
 }
 
 func evaluateMaps(_ reader: ClassMapsReader, dataset: DatasetReader, datasetHash: String, params p: Params, ctx: StageContext<Params>) throws -> Evaluation {
-    let split = try dataset.split(for: reader.context, datasetHash: datasetHash, artifactPath: reader.artifact.path)
+    let split = try dataset.split(for: reader.context, datasetHash: datasetHash, artifactPath: reader.artifact.path, imageIndices: reader.imageIndices)
     let classCount = dataset.numClasses + 1
     var sweep = ThresholdSweep(thresholds: ThresholdSweep.range(start: p.thresholdStart, stop: p.thresholdStop, step: p.thresholdStep), classCount: classCount)
     let progress = ProgressReporter("evaluate", total: reader.count, unit: "img")
     var panelInputs: [(image: RGBImage, truth: LabelMap, scores: [Float], classes: [Int])] = []
     for n in 0..<reader.count {
         let index = reader.imageIndices[n]
-        try split.checkIndex(index, artifactPath: reader.artifact.path)
         let truth = try split.mask(index)
         let maps = try reader.maps(n)
         let scores = sweep.add(maps, truth: truth)
@@ -75,8 +74,9 @@ func evaluateMaps(_ reader: ClassMapsReader, dataset: DatasetReader, datasetHash
     }
     let best = sweep.best
     let panels = panelInputs.map { input -> RGBImage in
-        let prediction = argmaxLabels(scores: input.scores, classes: input.classes, background: Float(best.threshold),
-                                      width: input.truth.width, height: input.truth.height)
+        let prediction = LabelMap(width: input.truth.width, height: input.truth.height,
+                                  labels: Argmax.planar(input.scores, classes: input.classes, pixels: input.truth.labels.count,
+                                                        background: .constant(Float(best.threshold))))
         let top = topScores(input.scores, classes: input.classes.count, pixels: input.truth.labels.count)
         return RGBImage.hstack([input.image, input.truth.colorized(), ColorMap.heatmap(top, width: input.truth.width, height: input.truth.height, range: 0...1), prediction.colorized()])
     }
@@ -87,7 +87,7 @@ func evaluateMaps(_ reader: ClassMapsReader, dataset: DatasetReader, datasetHash
 }
 
 func evaluateLabels(_ reader: LabelMapsReader, dataset: DatasetReader, datasetHash: String, params p: Params, ctx: StageContext<Params>) throws -> Evaluation {
-    let split = try dataset.split(for: reader.context, datasetHash: datasetHash, artifactPath: reader.artifact.path)
+    let split = try dataset.split(for: reader.context, datasetHash: datasetHash, artifactPath: reader.artifact.path, imageIndices: reader.imageIndices)
     let classCount = dataset.numClasses + 1
     var labelled = ConfusionMatrix(classCount: classCount), asBackground = ConfusionMatrix(classCount: classCount)
     var scoredPixels: Int64 = 0, labelledPixels: Int64 = 0
@@ -95,7 +95,6 @@ func evaluateLabels(_ reader: LabelMapsReader, dataset: DatasetReader, datasetHa
     let progress = ProgressReporter("evaluate", total: reader.count, unit: "img")
     for n in 0..<reader.count {
         let index = reader.imageIndices[n]
-        try split.checkIndex(index, artifactPath: reader.artifact.path)
         let truth = try split.mask(index)
         let (height, width, values) = try reader.labels(n)
         guard height == truth.height && width == truth.width else {
@@ -129,20 +128,6 @@ func evaluateLabels(_ reader: LabelMapsReader, dataset: DatasetReader, datasetHa
 
 func topScores(_ scores: [Float], classes: Int, pixels: Int) -> [Float] {
     (0..<pixels).map { p in (0..<classes).reduce(Float(0)) { max($0, scores[$1 * pixels + p]) } }
-}
-
-/// Argmax over [background, classes...] with background first, as the sweep counts it.
-func argmaxLabels(scores: [Float], classes: [Int], background: Float, width: Int, height: Int) -> LabelMap {
-    let pixels = width * height
-    var labels = [UInt8](repeating: 0, count: pixels)
-    for p in 0..<pixels {
-        var best = background
-        for (k, c) in classes.enumerated() where scores[k * pixels + p] > best {
-            best = scores[k * pixels + p]
-            labels[p] = UInt8(c)
-        }
-    }
-    return LabelMap(width: width, height: height, labels: labels)
 }
 
 func jsonNumber(_ value: Double) -> Any { value.isFinite ? value : NSNull() }

@@ -17,6 +17,9 @@ import Engine
 import Foundation
 import Imaging
 import Localization
+import CAM
+import Training
+import Primitives
 import StageKit
 
 let blasLine = BLASCorePolicy.apply()  // may re-execute with AVX-512 kernels and OpenBLAS's thread timeout
@@ -31,7 +34,7 @@ struct Params: StageParameters {
     /// Also run mirrored images (their maps mirrored back) for the CAMs.
     var flip = false
     /// Score whose attention gradients ACR reads: "cls" (class-token head, ACR's y_c) or "cam".
-    var gradientScore = "cls"
+    var gradientScore = GradientScore.cls
     var batchSize = 16
     /// 0 = every image of the split; otherwise the first `limit` images (quick runs).
     var limit = 0
@@ -51,13 +54,11 @@ let spec = StageSpec(
 
 StageMain.run(spec, parameters: Params.self) { ctx in
     let p = ctx.params
-    guard let score = GradientScore(rawValue: p.gradientScore) else {
-        throw StageError("gradient_score must be one of \(GradientScore.allCases.map(\.rawValue)), got '\(p.gradientScore)'")
-    }
+    let score = p.gradientScore
     guard p.batchSize >= 1, p.limit >= 0, p.samples >= 0 else { throw StageError("batch_size must be >= 1, limit and samples >= 0") }
     let dataset = try DatasetReader(path: ctx.input("dataset"))
     let split = try dataset.split(p.split)
-    let checkpoint = try LoadedCheckpoint(path: ctx.input("checkpoint"))
+    let checkpoint = try Checkpoint(path: ctx.input("checkpoint"))
     guard checkpoint.classNames == dataset.classNames else {
         let what = checkpoint.classNames.count == dataset.classNames.count
             ? "other class names (\(checkpoint.classNames.joined(separator: ", ")) vs \(dataset.classNames.joined(separator: ", ")))"

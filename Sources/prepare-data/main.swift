@@ -2,6 +2,7 @@ import ArtifactStore
 import Datasets
 import Foundation
 import Imaging
+import Primitives
 import StageKit
 
 /// Builds the dataset artifact every later stage reads, from one of three sources:
@@ -9,8 +10,13 @@ import StageKit
 ///   masks (train scenes from the train file, val scenes from t10k);
 /// - "idx": the same composition from any IDX image/label pair plus a class-names file;
 /// - "voc": a PASCAL VOC-layout folder (JPEGImages, SegmentationClass, ImageSets/Segmentation).
+/// Where the images come from: composed Fashion-MNIST scenes, any IDX pair, or a VOC-layout folder.
+enum Source: String, ParameterChoice {
+    case fashionScenes = "fashion-scenes", idx, voc
+}
+
 struct Params: StageParameters {
-    var source = "fashion-scenes"
+    var source = Source.fashionScenes
     var fashionMNISTDir = ObjectSource.defaultFashionMNISTDirectory
     var idxTrainImages = ""
     var idxTrainLabels = ""
@@ -120,9 +126,9 @@ StageMain.run(spec, parameters: Params.self) { ctx in
     var sourceFiles: [String: String] = [:]
     var splitObjectFiles: [String: (images: String, labels: String)] = [:]
     switch p.source {
-    case "fashion-scenes", "idx":
+    case .fashionScenes, .idx:
         let train: ObjectSource, val: ObjectSource
-        if p.source == "fashion-scenes" {
+        if p.source == .fashionScenes {
             ctx.log.info("loading Fashion-MNIST objects from \(p.fashionMNISTDir)")
             train = try ObjectSource.fashionMNIST(directory: p.fashionMNISTDir, part: "train")
             val = try ObjectSource.fashionMNIST(directory: p.fashionMNISTDir, part: "t10k")
@@ -152,7 +158,7 @@ StageMain.run(spec, parameters: Params.self) { ctx in
         } catch let error as InvalidParameter {
             throw StageError(error.description)
         }
-    case "voc":
+    case .voc:
         guard !p.vocRoot.isEmpty else { throw StageError("source 'voc' needs parameter voc_root") }
         let names = p.classNamesFile.isEmpty ? VOCFolder.classNames : try ObjectSource.readClassNames(p.classNamesFile)
         let folder = try VOCFolder(root: p.vocRoot, lists: [("train", p.vocTrainList), ("val", p.vocValList)], classNames: names)
@@ -160,13 +166,11 @@ StageMain.run(spec, parameters: Params.self) { ctx in
         sourceFiles["val_list"] = URL(fileURLWithPath: p.vocRoot).appendingPathComponent("ImageSets/Segmentation/\(p.vocValList).txt").path
         if !p.classNamesFile.isEmpty { sourceFiles["class_names"] = p.classNamesFile }
         source = folder
-    default:
-        throw StageError("unknown source '\(p.source)' (use fashion-scenes, idx or voc)")
     }
 
     let artifact = try ctx.createArtifact("dataset", kind: .dataset)
     let root = artifact.root
-    try root.setAttribute("source", p.source)
+    try root.setAttribute("source", p.source.rawValue)
     try root.setAttribute("source_files", try describeFiles(sourceFiles))
     let writer = try DatasetWriter(root: root, classNames: source.classNames, compression: compression)
     var reporters: [String: ProgressReporter] = [:]

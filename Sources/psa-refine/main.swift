@@ -2,12 +2,17 @@ import ArtifactStore
 import Datasets
 import Engine
 import Foundation
+import Primitives
 import Imaging
 import Localization
+import Training
 import PSA
 import StageKit
 
 let blasLine = BLASCorePolicy.apply()  // may re-execute with AVX-512 kernels and OpenBLAS's thread timeout
+
+/// How the random walk propagates: sparse steps, or PSA's dense repeated squaring.
+enum Walk: String, ParameterChoice { case iterated, squaring }
 
 struct Params: StageParameters {
     var seed = 0
@@ -36,7 +41,7 @@ struct Params: StageParameters {
     var alphaWalk: Float = 16
     /// "iterated" (sparse steps, never builds T^t; cheaper, default) or "squaring" (PSA's dense
     /// repeated squaring through sgemm; 8 n^2 bytes).
-    var walk = "iterated"
+    var walk = Walk.iterated
     var useEMA = true
     var samples = 8
 
@@ -66,62 +71,19 @@ func normalised(_ image: RGBImage, mean: [Float], std: [Float]) -> Tensor {
     return t
 }
 
-/// Maps of one image at the token grid, with the class ids (1-based).
-struct TokenMaps {
-    var classes: [Int]
-    var values: [Float]  // [classes.count, n]
-}
-
-/// Class id per pixel: argmax over [background, classes] of planar scores [1 + K, pixels].
-func argmaxLabels(_ scores: [Float], classes: [Int], pixels: Int) -> [UInt8] {
-    var out = [UInt8](repeating: 0, count: pixels)
-    for p in 0..<pixels {
-        var best = scores[p], label = 0
-        for (k, c) in classes.enumerated() where scores[(k + 1) * pixels + p] > best { best = scores[(k + 1) * pixels + p]; label = c }
-        out[p] = UInt8(label)
-    }
-    return out
-}
-
-/// [bg, M_1..M_K] with bg = (1 - max M)^alpha.
-func withBackground(_ maps: TokenMaps, tokens n: Int, alpha: Float) -> [Float] {
-    var out = [Float](repeating: 0, count: (maps.classes.count + 1) * n)
-    for p in 0..<n {
-        var m: Float = 0
-        for k in 0..<maps.classes.count { m = max(m, maps.values[k * n + p]) }
-        out[p] = powf(max(0, 1 - m), alpha)
-    }
-    for i in 0..<maps.values.count { out[n + i] = maps.values[i] }
-    return out
-}
-
-func peakResidentMB() -> Double {
-    var usage = rusage()
-    #if os(Linux)
-    getrusage(RUSAGE_SELF.rawValue, &usage)
-    return Double(usage.ru_maxrss) / 1024  // kilobytes
-    #else
-    getrusage(RUSAGE_SELF, &usage)
-    return Double(usage.ru_maxrss) / 1_048_576  // bytes
-    #endif
-}
-
 StageMain.run(spec, parameters: Params.self) { ctx in
     let p = ctx.params
     guard p.radius >= 1, p.hidden >= 1, p.featureDim >= 1, p.epochs >= 0, p.batchSize >= 1, p.logt >= 0, p.logt <= 16 else {
         throw StageError("radius, hidden, feature_dim, batch_size must be >= 1, epochs >= 0, logt in 0...16")
     }
-    guard p.walk == "iterated" || p.walk == "squaring" else { throw StageError("walk must be 'iterated' or 'squaring', not '\(p.walk)'") }
     guard p.lr > 0, p.beta > 0 else { throw StageError("lr and beta must be positive") }
 
     let dataset = try DatasetReader(path: ctx.input("dataset"))
-    let maps = try ClassMapsReader(path: ctx.input("cams"))
-    try maps.context.check(againstDataset: try ctx.inputContentHashes()["dataset"]!, datasetPath: dataset.path, mapsPath: maps.artifact.path)
-    let checkpoint = try LoadedCheckpoint(path: ctx.input("checkpoint"))
+    let (maps, split) = try dataset.classMaps(at: ctx.input("cams"), datasetHash: try ctx.inputContentHashes()["dataset"]!)
+    let checkpoint = try Checkpoint(path: ctx.input("checkpoint"))
     guard checkpoint.classNames == maps.context.classNames else {
         throw StoreError(path: checkpoint.path, "classes \(checkpoint.classNames) differ from those of \(maps.artifact.path) \(maps.context.classNames)")
     }
-    let split = try dataset.split(maps.context.split)
     let model = try checkpoint.makeModel(useEMA: p.useEMA)
     let patch = checkpoint.config.patchSize
 
@@ -133,15 +95,12 @@ StageMain.run(spec, parameters: Params.self) { ctx in
     labelling.backgroundBackground = p.constantBackground
 
     // 1. Frozen backbone features and confident token labels for every image.
-    struct Item { var index: Int; var gridH: Int; var gridW: Int; var features: [Float]; var maps: TokenMaps; var labels: [UInt8] }
+    struct Item { var index: Int; var gridH: Int; var gridW: Int; var features: [Float]; var maps: ClassMaps; var labels: [UInt8] }
     var items: [Item] = []
     var dim = 0
     let extract = ProgressReporter("psa-refine features", total: maps.count, unit: "img")
     for n in 0..<maps.count {
         let index = maps.imageIndices[n]
-        guard index >= 0 && index < split.count else {
-            throw StoreError(path: maps.artifact.path, "refers to image \(index), but split '\(split.name)' of \(dataset.path) has \(split.count) images")
-        }
         let image = try split.image(index)
         guard image.width % patch == 0, image.height % patch == 0 else {
             throw StoreError(path: dataset.path, "image \(index) is \(image.width)x\(image.height), not a multiple of the checkpoint's patch size \(patch)")
@@ -151,7 +110,7 @@ StageMain.run(spec, parameters: Params.self) { ctx in
         dim = acts.features.shape[2]
         let entry = try maps.maps(n)
         let values = resizePlanes(entry.values, count: entry.classes.count, width: entry.width, height: entry.height, toWidth: gw, toHeight: gh)
-        let tokenMaps = TokenMaps(classes: entry.classes, values: values)
+        let tokenMaps = ClassMaps(classes: entry.classes, height: gh, width: gw, values: values)
         let labels = values.withUnsafeBufferPointer { labelling.labels(maps: $0, classes: entry.classes, pixels: gh * gw) }
         items.append(Item(index: index, gridH: gh, gridW: gw, features: acts.features.toArray(), maps: tokenMaps, labels: labels))
         extract.advance()
@@ -160,7 +119,7 @@ StageMain.run(spec, parameters: Params.self) { ctx in
     // 2. Train the affinity head on pairs of confident tokens.
     let head = AffinityHead(inFeatures: max(dim, 1), hidden: p.hidden, outFeatures: p.featureDim, seed: UInt64(p.seed))
     let optimizer = head.makeOptimizer(lr: p.lr, weightDecay: p.weightDecay)
-    var rng = EngineRNG(seed: UInt64(p.seed) &+ 1)
+    var rng = SplitMix64(seed: UInt64(p.seed) &+ 1)
     let batchesPerEpoch = (items.count + p.batchSize - 1) / p.batchSize
     let trainStart = Date()
     let training = ProgressReporter("psa-refine train", total: p.epochs * batchesPerEpoch, unit: "step")
@@ -216,17 +175,17 @@ StageMain.run(spec, parameters: Params.self) { ctx in
         let f = head.forward(x).output
         let transition = RandomWalk.transition(features: f.data, featureDim: p.featureDim, height: item.gridH, width: item.gridW, radius: p.radius, beta: p.beta)
         let channels = item.maps.classes.count + 1
-        let start = withBackground(item.maps, tokens: n, alpha: p.alphaWalk)
-        let walked = p.walk == "iterated"
+        let start = RandomWalk.withBackground(item.maps.values, classes: item.maps.classes.count, tokens: n, alpha: p.alphaWalk)
+        let walked = p.walk == .iterated
             ? RandomWalk.propagateIterated(maps: start, channels: channels, transition: transition, logt: p.logt)
             : RandomWalk.propagateBySquaring(maps: start, channels: channels, transition: transition, logt: p.logt)
         let image = try split.image(item.index)
         let pixels = image.width * image.height
         let up = resizePlanes(walked, count: channels, width: item.gridW, height: item.gridH, toWidth: image.width, toHeight: image.height)
-        let labels = argmaxLabels(up, classes: item.maps.classes, pixels: pixels)
+        let labels = Argmax.planar(up, classes: item.maps.classes, pixels: pixels, background: .firstPlane)
         try writer.append(imageIndex: item.index, height: image.height, width: image.width, labels: labels)
-        let before = argmaxLabels(resizePlanes(start, count: channels, width: item.gridW, height: item.gridH, toWidth: image.width, toHeight: image.height),
-                                  classes: item.maps.classes, pixels: pixels)
+        let before = Argmax.planar(resizePlanes(start, count: channels, width: item.gridW, height: item.gridH, toWidth: image.width, toHeight: image.height),
+                                   classes: item.maps.classes, pixels: pixels, background: .firstPlane)
         changed += zip(before, labels).reduce(0) { $0 + ($1.0 != $1.1 ? 1 : 0) }
         total += pixels
         if pictures.count < p.samples {
@@ -249,6 +208,6 @@ StageMain.run(spec, parameters: Params.self) { ctx in
     try picture.commit()
     let loss = lastParts.map { String(format: "%.4f (bg+ %.4f, fg+ %.4f, neg %.4f)", $0.total, $0.backgroundPositive, $0.foregroundPositive, $0.negative) } ?? "n/a"
     print("psa-refine: \(items.count) images of split '\(split.name)'; \(pairCount) pairs per epoch; train \(String(format: "%.2f", trainSeconds)) s, last loss \(loss); "
-        + "walk (\(p.walk)) \(String(format: "%.1f", Double(items.count) / max(refineSeconds, 1e-9))) img/s; "
-        + "\(String(format: "%.1f", 100 * Double(changed) / Double(max(total, 1))))% of pixels changed by the walk; peak RSS \(String(format: "%.0f", peakResidentMB())) MB")
+        + "walk (\(p.walk.rawValue)) \(String(format: "%.1f", Double(items.count) / max(refineSeconds, 1e-9))) img/s; "
+        + "\(String(format: "%.1f", 100 * Double(changed) / Double(max(total, 1))))% of pixels changed by the walk; peak RSS \(String(format: "%.0f", ResourceUsage.peakResidentMB())) MB")
 }

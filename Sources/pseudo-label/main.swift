@@ -48,9 +48,7 @@ StageMain.run(spec, parameters: Params.self) { ctx in
         throw StageError("downscale and par_dilations must be >= 1 and par_iterations >= 0")
     }
     let dataset = try DatasetReader(path: ctx.input("dataset"))
-    let maps = try ClassMapsReader(path: ctx.input("cams"))
-    try maps.context.check(againstDataset: try ctx.inputContentHashes()["dataset"]!, datasetPath: dataset.path, mapsPath: maps.artifact.path)
-    let split = try dataset.split(maps.context.split)
+    let (maps, split) = try dataset.classMaps(at: ctx.input("cams"), datasetHash: try ctx.inputContentHashes()["dataset"]!)
     let labeller = p.labeller
 
     let writer = try LabelMapsWriter(try ctx.createArtifact("labels", kind: .labels), context: maps.context)
@@ -59,9 +57,6 @@ StageMain.run(spec, parameters: Params.self) { ctx in
     let progress = ProgressReporter("pseudo-label", total: maps.count, unit: "img")
     for n in 0..<maps.count {
         let index = maps.imageIndices[n]
-        guard index >= 0 && index < split.count else {
-            throw StoreError(path: maps.artifact.path, "refers to image \(index), but split '\(split.name)' of \(dataset.path) has \(split.count) images")
-        }
         let image = try split.image(index)
         let labels = labeller.labels(image: image, maps: try maps.maps(n))
         try writer.append(imageIndex: index, height: image.height, width: image.width, labels: labels)

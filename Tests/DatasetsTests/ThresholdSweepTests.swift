@@ -1,3 +1,4 @@
+import Primitives
 import Imaging
 import XCTest
 @testable import Datasets

@@ -1,9 +1,10 @@
 import ArtifactStore
+import TestSupport
 import XCTest
 @testable import Engine
 
 /// AdamW against torch.optim.AdamW: two steps with four parameter groups, recorded by
-/// Scripts/make_parity_fixtures.py in Fixtures/vit_parity.h5.
+/// Tests/Fixtures/make_parity_fixtures.py in Fixtures/vit_parity.h5.
 final class AdamWParityTests: XCTestCase {
     static var fixturePath: String {
         URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures/vit_parity.h5").path

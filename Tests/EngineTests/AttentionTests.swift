@@ -1,5 +1,7 @@
+import TestSupport
 import XCTest
 import Foundation
+import Primitives
 @testable import Engine
 
 final class AttentionTests: XCTestCase {
@@ -41,7 +43,7 @@ final class AttentionTests: XCTestCase {
     }
 
     func testForwardMatchesDefinition() {
-        var rng = EngineRNG(seed: 10)
+        var rng = SplitMix64(seed: 10)
         let qkv = randomTensor([B * T, 3 * D], &rng)
         let got = runForward(qkv), ref = naive(qkv)
         XCTAssertLessThan(maxAbsDiff(got.out, ref.out), 1e-12)
@@ -55,7 +57,7 @@ final class AttentionTests: XCTestCase {
         for mode in [AttentionThreading.perHead, .blas] {
             Kernels.attentionThreading = mode
             defer { Kernels.attentionThreading = .perHead }
-            var rng = EngineRNG(seed: 11)
+            var rng = SplitMix64(seed: 11)
             let qkv = randomTensor([B * T, 3 * D], &rng)
             let ro = randomTensor([B * T, D], &rng), rp = randomTensor([B, H, T, T], &rng), rl = randomTensor([B, H, T, T], &rng)
             let dqkv = DTensor(shape: qkv.shape), dProbs = DTensor(shape: [B, H, T, T])
@@ -80,7 +82,7 @@ final class AttentionTests: XCTestCase {
     }
 
     func testWithoutKeptProbGradientsAndFloatAgreement() {
-        var rng = EngineRNG(seed: 12)
+        var rng = SplitMix64(seed: 12)
         let qkv = randomTensor([B * T, 3 * D], &rng), ro = randomTensor([B * T, D], &rng)
         let f = runForward(qkv)
         let a = DTensor(shape: qkv.shape), b = DTensor(shape: qkv.shape), dp = DTensor(shape: [B, H, T, T])

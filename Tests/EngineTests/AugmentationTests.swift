@@ -1,3 +1,5 @@
+import Primitives
+import TestSupport
 import XCTest
 @testable import Engine
 
@@ -119,7 +121,7 @@ final class AugmentationTests: XCTestCase {
 
     func testDrawsStayInRangeAndAreSeeded() {
         let settings = AugmentationSettings(scaleMin: 0.5, scaleMax: 2, flip: true, brightness: 0.3, contrast: 0.3, saturation: 0.3)
-        var rng = TrainingRandom(seed: 7)
+        var rng = SplitMix64(seed: 7)
         var flips = 0, smaller = 0, larger = 0
         for _ in 0..<2000 {
             let d = ImageAugmenter.draw(size: 32, settings: settings, using: &rng)
@@ -136,8 +138,8 @@ final class AugmentationTests: XCTestCase {
         XCTAssert(smaller > 200 && larger > 200)
 
         // Same (seed, stream, index): same draw; another index: another draw.
-        var a = TrainingRandom(seed: 3, stream: 1, index: 5), b = TrainingRandom(seed: 3, stream: 1, index: 5)
-        var c = TrainingRandom(seed: 3, stream: 1, index: 6), e = TrainingRandom(seed: 3, stream: 2, index: 5)
+        var a = SplitMix64(seed: 3, stream: 1, index: 5), b = SplitMix64(seed: 3, stream: 1, index: 5)
+        var c = SplitMix64(seed: 3, stream: 1, index: 6), e = SplitMix64(seed: 3, stream: 2, index: 5)
         let da = ImageAugmenter.draw(size: 32, settings: settings, using: &a)
         XCTAssertEqual(da, ImageAugmenter.draw(size: 32, settings: settings, using: &b))
         XCTAssertNotEqual(da, ImageAugmenter.draw(size: 32, settings: settings, using: &c))
@@ -147,7 +149,7 @@ final class AugmentationTests: XCTestCase {
     func testNoneEqualsResize() {
         let image = gradientImage(10, 7)
         var viaAugment = [Float](repeating: 0, count: 8 * 8 * 3), viaResize = viaAugment
-        var rng = TrainingRandom(seed: 1)
+        var rng = SplitMix64(seed: 1)
         image.withUnsafeBufferPointer { src in
             ImageAugmenter.augment(src.baseAddress!, width: 10, height: 7, into: &viaAugment, size: 8,
                                    settings: .none, normalization: .imageNet, using: &rng)

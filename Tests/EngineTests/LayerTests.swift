@@ -1,5 +1,7 @@
+import TestSupport
 import XCTest
 import Foundation
+import Primitives
 @testable import Engine
 
 final class FastMathTests: XCTestCase {
@@ -61,7 +63,7 @@ final class FastMathTests: XCTestCase {
 
 final class LayerGradientTests: XCTestCase {
     func testLinearForwardMatchesLoopsAndGradients() {
-        var rng = EngineRNG(seed: 1)
+        var rng = SplitMix64(seed: 1)
         let rows = 5, inF = 7, outF = 4
         let x = randomTensor([rows, inF], &rng), w = randomTensor([outF, inF], &rng), b = randomTensor([outF], &rng)
         let out = DTensor(shape: [rows, outF])
@@ -89,7 +91,7 @@ final class LayerGradientTests: XCTestCase {
     }
 
     func testLayerNormNormalisesAndGradients() {
-        var rng = EngineRNG(seed: 2)
+        var rng = SplitMix64(seed: 2)
         let rows = 4, dim = 19  // 19: SIMD body plus a scalar tail
         let x = randomTensor([rows, dim], &rng, std: 3)
         for i in 0..<x.count { x.data[i] += 1.5 }
@@ -120,7 +122,7 @@ final class LayerGradientTests: XCTestCase {
     }
 
     func testGeluGradients() {
-        var rng = EngineRNG(seed: 3)
+        var rng = SplitMix64(seed: 3)
         let n = 37
         let x = randomTensor([n], &rng, std: 2), out = DTensor(shape: [n]), probe = randomTensor([n], &rng)
         let fwd = { Kernels.geluForward(out: out.data, inp: x.data, count: n) }
@@ -135,7 +137,7 @@ final class LayerGradientTests: XCTestCase {
     }
 
     func testSoftmaxRowsSumToOneAndGradients() {
-        var rng = EngineRNG(seed: 4)
+        var rng = SplitMix64(seed: 4)
         let rows = 3, cols = 21
         let x = randomTensor([rows, cols], &rng, std: 2), out = DTensor(shape: [rows, cols])
         x.data[5] = 40  // large logits must not overflow (max subtraction)
@@ -154,10 +156,10 @@ final class LayerGradientTests: XCTestCase {
     }
 
     func testDropoutMaskStatisticsAndGradient() {
-        var rng = EngineRNG(seed: 5)
+        var rng = SplitMix64(seed: 5)
         let n = 20000
         let x = DTensor(shape: [n], repeating: 1), out = DTensor(shape: [n]), mask = DTensor(shape: [n])
-        var r = EngineRNG(seed: 9)
+        var r = SplitMix64(seed: 9)
         Kernels.dropoutForward(out: out.data, mask: mask.data, inp: x.data, count: n, p: 0.25, rng: &r)
         var zeros = 0, sum = 0.0
         for i in 0..<n {
@@ -170,7 +172,7 @@ final class LayerGradientTests: XCTestCase {
         // Gradient with the mask held fixed (same seed each forward).
         let m = 50
         let y = randomTensor([m], &rng), o = DTensor(shape: [m]), mk = DTensor(shape: [m]), probe = randomTensor([m], &rng)
-        let fwd = { var s = EngineRNG(seed: 11); Kernels.dropoutForward(out: o.data, mask: mk.data, inp: y.data, count: m, p: 0.3, rng: &s) }
+        let fwd = { var s = SplitMix64(seed: 11); Kernels.dropoutForward(out: o.data, mask: mk.data, inp: y.data, count: m, p: 0.3, rng: &s) }
         fwd()
         let dy = DTensor(shape: [m])
         Kernels.dropoutBackward(dInp: dy.data, dOut: probe.data, mask: mk.data, count: m)
@@ -179,7 +181,7 @@ final class LayerGradientTests: XCTestCase {
     }
 
     func testDropPathResidualAddGradients() {
-        var rng = EngineRNG(seed: 6)
+        var rng = SplitMix64(seed: 6)
         let batch = 4, per = 6
         let scales = DTensor(shape: [batch], values: [0, 1.25, 1.25, 0])
         let x0 = randomTensor([batch, per], &rng), br = randomTensor([batch, per], &rng)
@@ -191,7 +193,7 @@ final class LayerGradientTests: XCTestCase {
         let dbr = DTensor(shape: br.shape)
         Kernels.residualAdd(x: dbr.data, branch: probe.data, scales: scales.data, batch: batch, perSample: per)
         checkGradient("drop-path branch", input: br, analytic: dbr) { fwd(); return dot(x, probe) }
-        var r = EngineRNG(seed: 3)
+        var r = SplitMix64(seed: 3)
         let s = DTensor(shape: [1000])
         Kernels.dropPathScales(into: s.data, batch: 1000, p: 0.2, rng: &r)
         let dropped = (0..<1000).filter { s.data[$0] == 0 }.count
@@ -201,7 +203,7 @@ final class LayerGradientTests: XCTestCase {
 
     /// The Float instantiation (sgemm, fast exp/tanh) agrees with the checked Double one.
     func testFloatKernelsMatchDouble() {
-        var rng = EngineRNG(seed: 7)
+        var rng = SplitMix64(seed: 7)
         let rows = 33, inF = 40, outF = 24
         let x = randomTensor([rows, inF], &rng), w = randomTensor([outF, inF], &rng, std: 0.2), b = randomTensor([outF], &rng)
         let xf: Tensor = x.converted(), wf: Tensor = w.converted(), bf: Tensor = b.converted()

@@ -1,5 +1,7 @@
+import TestSupport
 import XCTest
 import Foundation
+import Primitives
 @testable import Engine
 
 final class SpatialTests: XCTestCase {
@@ -18,7 +20,7 @@ final class SpatialTests: XCTestCase {
     }
 
     func checkConv(_ g: Conv2dGeometry, bias: Bool, seed: UInt64) {
-        var rng = EngineRNG(seed: seed)
+        var rng = SplitMix64(seed: seed)
         let x = randomTensor([g.batch, g.height, g.width, g.inChannels], &rng)
         let w = randomTensor([g.outChannels, g.inChannels, g.kernelH, g.kernelW], &rng)
         let b: DTensor? = bias ? randomTensor([g.outChannels], &rng) : nil
@@ -48,7 +50,7 @@ final class SpatialTests: XCTestCase {
     }
 
     func testAveragePooling() {
-        var rng = EngineRNG(seed: 6)
+        var rng = SplitMix64(seed: 6)
         let g = Conv2dGeometry.pool(batch: 2, height: 6, width: 5, channels: 3, kernel: 3, stride: 2, padding: 1)
         let x = randomTensor([2, 6, 5, 3], &rng), out = DTensor(shape: [2, g.outHeight, g.outWidth, 3])
         let fwd = { Kernels.avgPool2dForward(out: out.data, inp: x.data, g) }
@@ -63,7 +65,7 @@ final class SpatialTests: XCTestCase {
     }
 
     func testMaxPooling() {
-        var rng = EngineRNG(seed: 7)
+        var rng = SplitMix64(seed: 7)
         let g = Conv2dGeometry.pool(batch: 2, height: 5, width: 6, channels: 2, kernel: 3, stride: 2, padding: 1)
         let x = randomTensor([2, 5, 6, 2], &rng), out = DTensor(shape: [2, g.outHeight, g.outWidth, 2])
         let idx = UnsafeMutablePointer<Int32>.allocate(capacity: out.count)
@@ -93,7 +95,7 @@ final class SpatialTests: XCTestCase {
         Kernels.bilinearResizeForward(out: down.data, inp: b.data, batch: 1, inHeight: 4, inWidth: 1, outHeight: 2, outWidth: 1, channels: 2)
         XCTAssertEqual(down.toArray(), [2, 20, 7, 70])
         // Same size is the identity.
-        var rng = EngineRNG(seed: 8)
+        var rng = SplitMix64(seed: 8)
         let x = randomTensor([2, 3, 5, 2], &rng), same = DTensor(shape: x.shape)
         Kernels.bilinearResizeForward(out: same.data, inp: x.data, batch: 2, inHeight: 3, inWidth: 5, outHeight: 3, outWidth: 5, channels: 2)
         XCTAssertEqual(maxAbsDiff(same, x), 0)
@@ -107,7 +109,7 @@ final class SpatialTests: XCTestCase {
     }
 
     func testFloatConvolutionMatchesDouble() {
-        var rng = EngineRNG(seed: 9)
+        var rng = SplitMix64(seed: 9)
         let g = Conv2dGeometry(batch: 2, height: 8, width: 8, inChannels: 6, outChannels: 5, kernel: 3, padding: 2, dilation: 2)
         let x = randomTensor([2, 8, 8, 6], &rng), w = randomTensor([5, 6, 3, 3], &rng, std: 0.2)
         let od = DTensor(shape: [2, 8, 8, 5]), of = Tensor(shape: [2, 8, 8, 5])
@@ -125,7 +127,7 @@ final class LossTests: XCTestCase {
         // Per element: log(1 + e^-z) for y = 1, log(1 + e^z) for y = 0.
         let expected = [log(2), log(1 + exp(2)), log(1 + exp(1)), 0, 100, log(1 + exp(0.5))].reduce(0, +) / 6
         XCTAssertEqual(Kernels.multilabelSoftMargin(logits: z.data, targets: y.data, batch: 2, classes: 3), expected, accuracy: 1e-12)
-        var rng = EngineRNG(seed: 1)
+        var rng = SplitMix64(seed: 1)
         let zz = randomTensor([3, 4], &rng, std: 2), yy = DTensor(shape: [3, 4])
         for i in 0..<12 { yy.data[i] = Double(i % 3 == 0 ? 1 : 0) }
         let g = DTensor(shape: [3, 4])
@@ -138,7 +140,7 @@ final class LossTests: XCTestCase {
         // The log of 0 is clamped to -100, log(1) = 0.
         let expected = (-log(0.2) - log(0.1) + 100 + 0) / 4
         XCTAssertEqual(Kernels.bceLoss(probs: p.data, targets: y.data, count: 4), expected, accuracy: 1e-12)
-        var rng = EngineRNG(seed: 2)
+        var rng = SplitMix64(seed: 2)
         let q = DTensor(shape: [6]), t = DTensor(shape: [6])
         q.fillUniform(0.05, 0.95, rng: &rng)
         t.fillUniform(0, 1, rng: &rng)  // soft targets
@@ -148,7 +150,7 @@ final class LossTests: XCTestCase {
     }
 
     func testL1() {
-        var rng = EngineRNG(seed: 3)
+        var rng = SplitMix64(seed: 3)
         let a = randomTensor([10], &rng), b = randomTensor([10], &rng)
         var expected = 0.0
         for i in 0..<10 { expected += abs(a.data[i] - b.data[i]) / 10 }
@@ -160,7 +162,7 @@ final class LossTests: XCTestCase {
     }
 
     func testPixelCrossEntropyWithIgnoreIndex() {
-        var rng = EngineRNG(seed: 4)
+        var rng = SplitMix64(seed: 4)
         let P = 6, C = 4
         let z = randomTensor([P, C], &rng, std: 2)
         let labels: [UInt8] = [0, 3, 255, 1, 255, 2]

@@ -1,28 +1,17 @@
+import Primitives
 import ArtifactStore
+import TestSupport
 import XCTest
 @testable import Engine
 
 /// The frozen pretrained stem (hybrid ViT) against PyTorch: Fixtures/stem.h5, written by
-/// Scripts/make_stem_fixture.py (random weights in the import_pretrained layout, reduced channel
+/// Tests/Fixtures/make_stem_fixture.py (random weights in the import_pretrained layout, reduced channel
 /// counts 8 -> 4 -> 6 -> 6 -> 10 -> 10, a raw-RGB batch [2, 24, 16, 3] and the reference output
-/// of the brief's PyTorch forward in float64).
+/// of the PyTorch forward in Tests/Fixtures/make_stem_fixture.py, in float64).
 final class StemTests: XCTestCase {
-    static var fixturePath: String {
-        URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures/stem.h5").path
-    }
+    static var fixturePath: String { StemFixture.path }
 
-    /// The fixture's weights under the stem's tensor names ("stem.conv.weight", "blocks.0...").
-    static func fixtureTensors() throws -> [String: (shape: [Int], values: [Float])] {
-        let root = try HDF5File.open(fixturePath).root
-        var d: [String: (shape: [Int], values: [Float])] = [:]
-        for group in ["stem"] + (0..<5).map { "blocks/\($0)" } {
-            for name in try root.group(group).childNames() {
-                let a = try root.read("\(group)/\(name)", as: Float.self)
-                d["\(group)/\(name)".replacingOccurrences(of: "/", with: ".")] = (a.shape, a.values)
-            }
-        }
-        return d
-    }
+    static func fixtureTensors() throws -> [String: (shape: [Int], values: [Float])] { try StemFixture.tensors() }
 
     static func doubleStem(_ normalization: Normalization = .imageNet) throws -> PretrainedStemOf<Double> {
         try PretrainedStemOf<Double>(architecture: "efficientnet_lite0", tensors: fixtureTensors(),
@@ -64,7 +53,7 @@ final class StemTests: XCTestCase {
 
     func testDepthwiseConvolutionEqualsGroupedDenseConvolution() {
         // A depthwise convolution is a dense one whose weight is zero across channels.
-        var rng = EngineRNG(seed: 3)
+        var rng = SplitMix64(seed: 3)
         for (k, s, H, W) in [(3, 1, 5, 4), (5, 2, 7, 6), (3, 2, 4, 4)] {
             let B = 2, C = 5
             let x = randomTensor([B, H, W, C], &rng), w = randomTensor([C, 1, k, k], &rng), b = randomTensor([C], &rng)
@@ -138,7 +127,7 @@ final class StemTests: XCTestCase {
 
     func randomisedHybrid(seed: UInt64 = 1) throws -> ViTOf<Double> {
         let m = try ViTOf<Double>(config: Self.hybrid, seed: seed, stem: try Self.doubleStem())
-        var rng = EngineRNG(seed: seed + 100)
+        var rng = SplitMix64(seed: seed + 100)
         for p in m.parameterList {
             if p.value.rank == 1 || p.name == "cls_token" || p.name == "pos_embed" {
                 p.value.fillNormal(std: p.name.hasSuffix("norm1.weight") || p.name == "norm.weight" ? 0.3 : 0.2, rng: &rng)
@@ -157,7 +146,7 @@ final class StemTests: XCTestCase {
         XCTAssertTrue(m.stateDict().keys.contains("stem.blocks.4.project.weight"))
         XCTAssertEqual(m.stateDict()["stem.input_std"]?.values, [128, 128, 128])
         let images = DTensor(shape: [2, 16, 24, 3])
-        var rng = EngineRNG(seed: 9)
+        var rng = SplitMix64(seed: 9)
         images.fillNormal(std: 1, rng: &rng)
         let a = m.forward(images: images)
         XCTAssertEqual(a.gridH, 2); XCTAssertEqual(a.gridW, 3)
@@ -200,7 +189,7 @@ final class StemTests: XCTestCase {
     /// differences in Double; the stem gets none.
     func testHybridGradientsAndFrozenStem() throws {
         let m = try randomisedHybrid(seed: 2)
-        var rng = EngineRNG(seed: 77)
+        var rng = SplitMix64(seed: 77)
         let B = 2, N = 4, C = 3
         let images = randomTensor([B, 16, 16, 3], &rng)
         let rs = randomTensor([B, N, C], &rng), rc = randomTensor([B, C], &rng), rl = randomTensor([B, C], &rng)
@@ -215,7 +204,7 @@ final class StemTests: XCTestCase {
         m.backward(a, ViTOutputGradsOf(camLogits: rc, clsLogits: rl, patchScores: rs, features: rf))
         let patchGrad = m.parameter(named: "patch_embed.proj.weight")!.grad
         XCTAssertGreaterThan(patchGrad.sumOfSquares(), 0)
-        var sample = EngineRNG(seed: 5)
+        var sample = SplitMix64(seed: 5)
         for p in m.parameterList {
             checkGradient(p.name, input: p.value, analytic: p.grad, indices: sampleIndices(p.value.count, 6, &sample),
                           rtol: 1e-5, atol: 1e-8) { run().1 }
@@ -237,7 +226,7 @@ final class StemTests: XCTestCase {
         settings.emaDecay = 0.9
         let trainer = ClassifierTrainer(model: m, settings: settings)
         XCTAssertFalse(trainer.ema!.names.contains { $0.hasPrefix("stem.") })
-        var rng = EngineRNG(seed: 1)
+        var rng = SplitMix64(seed: 1)
         let images = Tensor(shape: [2, 16, 16, 3])
         images.fillNormal(std: 1, rng: &rng)
         _ = try trainer.trainStep(images: images, labels: [1, 0, 1, 0, 1, 0])
@@ -254,7 +243,7 @@ final class StemTests: XCTestCase {
         let rebuilt = try ViT(config: Self.hybrid, seed: 9,
                               stem: try PretrainedStem(architecture: "efficientnet_lite0", stateDict: state, inputNormalization: .imageNet))
         try rebuilt.load(state)
-        var rng = EngineRNG(seed: 2)
+        var rng = SplitMix64(seed: 2)
         let images = Tensor(shape: [1, 16, 16, 3])
         images.fillNormal(std: 1, rng: &rng)
         XCTAssertEqual(rebuilt.forward(images: images).clsLogits.toArray(), m.forward(images: images).clsLogits.toArray())

@@ -1,5 +1,7 @@
+import TestSupport
 import XCTest
 import Foundation
+import Primitives
 @testable import Engine
 
 typealias DVar = VarOf<Double>
@@ -11,7 +13,7 @@ final class TapeTests: XCTestCase {
         let tape = TapeOf<Double>()
         let vars = inputs.map { tape.leaf($0) }
         let out = f(vars)
-        var rng = EngineRNG(seed: 99)
+        var rng = SplitMix64(seed: 99)
         let probe = randomTensor(out.shape, &rng)
         let loss = (out * tape.constant(probe)).sum()
         XCTAssertEqual(loss.shape, [], file: file, line: line)
@@ -24,21 +26,21 @@ final class TapeTests: XCTestCase {
         }
     }
 
-    func positive(_ shape: [Int], _ rng: inout EngineRNG) -> DTensor {
+    func positive(_ shape: [Int], _ rng: inout SplitMix64) -> DTensor {
         let t = DTensor(shape: shape)
         t.fillUniform(0.5, 2, rng: &rng)
         return t
     }
 
     /// Values away from 0 so |x|, relu and sign have no kink within the finite-difference step.
-    func awayFromZero(_ shape: [Int], _ rng: inout EngineRNG) -> DTensor {
+    func awayFromZero(_ shape: [Int], _ rng: inout SplitMix64) -> DTensor {
         let t = randomTensor(shape, &rng)
         for i in 0..<t.count where Swift.abs(t.data[i]) < 0.05 { t.data[i] += t.data[i] < 0 ? -0.1 : 0.1 }
         return t
     }
 
     func testBroadcastingArithmetic() {
-        var rng = EngineRNG(seed: 1)
+        var rng = SplitMix64(seed: 1)
         let a = randomTensor([2, 3, 4], &rng), b = randomTensor([3, 1], &rng), c = positive([2, 1, 4], &rng)
         checkOp("add", [a, b]) { $0[0] + $0[1] }
         checkOp("sub", [b, a]) { $0[0] - $0[1] }
@@ -55,7 +57,7 @@ final class TapeTests: XCTestCase {
     }
 
     func testUnaryOps() {
-        var rng = EngineRNG(seed: 2)
+        var rng = SplitMix64(seed: 2)
         let x = awayFromZero([3, 5], &rng), p = positive([3, 5], &rng)
         checkOp("sigmoid", [x]) { $0[0].sigmoid() }
         checkOp("relu", [x]) { $0[0].relu() }
@@ -73,7 +75,7 @@ final class TapeTests: XCTestCase {
     }
 
     func testReductions() {
-        var rng = EngineRNG(seed: 3)
+        var rng = SplitMix64(seed: 3)
         let x = randomTensor([2, 3, 4, 5], &rng)
         checkOp("sum all", [x]) { $0[0].sum() }
         checkOp("sum axis 1", [x]) { $0[0].sum(axes: [1]) }
@@ -89,7 +91,7 @@ final class TapeTests: XCTestCase {
     }
 
     func testMinMaxNormalisation() {
-        var rng = EngineRNG(seed: 4)
+        var rng = SplitMix64(seed: 4)
         let x = randomTensor([2, 6, 3], &rng)  // [B, N, C]: normalise over patches N
         checkOp("min-max over axis 1", [x]) { $0[0].minMaxNormalised(axes: [1]) }
         checkOp("relu then min-max", [awayFromZero([2, 6, 3], &rng)]) { $0[0].relu().minMaxNormalised(axes: [1], eps: 1e-3) }
@@ -107,7 +109,7 @@ final class TapeTests: XCTestCase {
     }
 
     func testSoftmaxAndLogSoftmax() {
-        var rng = EngineRNG(seed: 5)
+        var rng = SplitMix64(seed: 5)
         let x = randomTensor([2, 3, 7], &rng, std: 2)
         checkOp("softmax", [x]) { $0[0].softmax() }
         checkOp("log softmax", [x]) { $0[0].logSoftmax() }
@@ -118,7 +120,7 @@ final class TapeTests: XCTestCase {
     }
 
     func testMatmulAllTranspositionsAndBatching() {
-        var rng = EngineRNG(seed: 6)
+        var rng = SplitMix64(seed: 6)
         for (tA, tB) in [(false, false), (true, false), (false, true), (true, true)] {
             let a = randomTensor(tA ? [2, 4, 3] : [2, 3, 4], &rng), b = randomTensor(tB ? [2, 5, 4] : [2, 4, 5], &rng)
             checkOp("matmul \(tA) \(tB)", [a, b]) { $0[0].matmul($0[1], transposeSelf: tA, transposeOther: tB) }
@@ -136,7 +138,7 @@ final class TapeTests: XCTestCase {
     }
 
     func testLayoutOps() {
-        var rng = EngineRNG(seed: 7)
+        var rng = SplitMix64(seed: 7)
         let x = randomTensor([2, 3, 4], &rng)
         checkOp("reshape", [x]) { $0[0].reshaped([6, 4]) }
         checkOp("permute", [x]) { $0[0].permuted([2, 0, 1]) }
@@ -164,7 +166,7 @@ final class TapeTests: XCTestCase {
     }
 
     func testLossOps() {
-        var rng = EngineRNG(seed: 8)
+        var rng = SplitMix64(seed: 8)
         let a = randomTensor([3, 4], &rng), b = randomTensor([3, 4], &rng)
         checkOp("l1", [a, b]) { $0[0].l1Loss($0[1]) }
         let y = DTensor(shape: [3, 4])
@@ -191,7 +193,7 @@ final class TapeTests: XCTestCase {
     func testTapeLossThroughViTAttentionEndToEnd() {
         let c = ViTConfig(imageSize: 8, patchSize: 4, depth: 2, dim: 8, heads: 2, mlpRatio: 2, numClasses: 2)
         let m = try! ViTOf<Double>(config: c, seed: 4)
-        var rng = EngineRNG(seed: 40)
+        var rng = SplitMix64(seed: 40)
         for p in m.parameterList where p.value.rank > 1 { p.value.fillNormal(std: 0.4, rng: &rng) }
         let img = randomTensor([1, 8, 8, 3], &rng)
         // View 2 is the horizontally flipped image.
@@ -221,7 +223,7 @@ final class TapeTests: XCTestCase {
         m.zeroGrad()
         m.backward(a1, ViTOutputGradsOf(camLogits: gCam, attnProbs: [0: g1[0], 1: g1[1]]))
         m.backward(a2, ViTOutputGradsOf(attnProbs: [0: g2[0], 1: g2[1]]))
-        var sample = EngineRNG(seed: 41)
+        var sample = SplitMix64(seed: 41)
         for p in m.parameterList {
             checkGradient(p.name, input: p.value, analytic: p.grad, indices: sampleIndices(p.value.count, 4, &sample),
                           rtol: 1e-5, atol: 1e-8) { lossAndGrads().0 }

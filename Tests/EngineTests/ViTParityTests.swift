@@ -1,9 +1,10 @@
 import ArtifactStore
+import TestSupport
 import XCTest
 @testable import Engine
 
 /// The whole Swift ViT against PyTorch: Fixtures/vit_parity.h5, written by
-/// Scripts/make_parity_fixtures.py from a float64 PyTorch evaluation of the same 2-layer model
+/// Tests/Fixtures/make_parity_fixtures.py from a float64 PyTorch evaluation of the same 2-layer model
 /// (16x16 images, patch 4, dim 24, 3 heads, 5 classes, batch 2).
 final class ViTParityTests: XCTestCase {
     var root: HDF5Group!

@@ -1,5 +1,7 @@
+import TestSupport
 import XCTest
 import Foundation
+import Primitives
 @testable import Engine
 
 final class ViTTests: XCTestCase {
@@ -9,7 +11,7 @@ final class ViTTests: XCTestCase {
     /// affine != identity), so a missing or misplaced term changes the outputs.
     func randomisedModel(_ config: ViTConfig = tiny, seed: UInt64 = 1) -> ViTOf<Double> {
         let m = try! ViTOf<Double>(config: config, seed: seed)
-        var rng = EngineRNG(seed: seed + 100)
+        var rng = SplitMix64(seed: seed + 100)
         for p in m.parameterList {
             if p.name.hasSuffix("norm1.weight") || p.name.hasSuffix("norm2.weight") || p.name == "norm.weight" {
                 for i in 0..<p.value.count { p.value.data[i] = 1 + 0.2 * rng.normal() }
@@ -41,7 +43,7 @@ final class ViTTests: XCTestCase {
     func checkModel(_ m: ViTOf<Double>, imageSize: Int, training: Bool, masked: Bool = false,
                     file: StaticString = #filePath, line: UInt = #line) {
         let c = m.config
-        var rng = EngineRNG(seed: 77)
+        var rng = SplitMix64(seed: 77)
         let B = 2, grid = imageSize / c.patchSize, N = grid * grid, T = N + 1
         let images = randomTensor([B, imageSize, imageSize, 3], &rng)
         let labels = DTensor(shape: [B, c.numClasses], values: [1, 0, 1, 0, 1, 0])
@@ -73,7 +75,7 @@ final class ViTTests: XCTestCase {
         m.backward(a, ViTOutputGradsOf(camLogits: softMargin(a.camLogits, labels).1, clsLogits: softMargin(a.clsLogits, labels).1,
                                        patchScores: rs, features: rf, classTokens: rc,
                                        attnProbs: [c.depth - 1: rp], attnLogits: [0: rl], hiddenStates: [1: rh]))
-        var sample = EngineRNG(seed: 5)
+        var sample = SplitMix64(seed: 5)
         for p in m.parameterList {
             checkGradient(p.name, input: p.value, analytic: p.grad, indices: sampleIndices(p.value.count, 6, &sample),
                           rtol: 1e-5, atol: 1e-8, file: file, line: line) { run().1 }
@@ -105,7 +107,7 @@ final class ViTTests: XCTestCase {
         c.maskToken = true
         let m = randomisedModel(c, seed: 5)
         XCTAssertEqual(m.parameters.map(\.name)[2], "mask_token")
-        var rng = EngineRNG(seed: 6)
+        var rng = SplitMix64(seed: 6)
         let x1 = randomTensor([1, 16, 16, 3], &rng), x2 = randomTensor([1, 16, 16, 3], &rng)
         let mask = DTensor(shape: [1, 16])
         mask[0, 5] = 1
@@ -121,7 +123,7 @@ final class ViTTests: XCTestCase {
 
     func testOutputsShapesAndHeadDefinitions() {
         let m = randomisedModel()
-        var rng = EngineRNG(seed: 8)
+        var rng = SplitMix64(seed: 8)
         let images = randomTensor([3, 16, 16, 3], &rng)
         let a = m.forward(images: images)
         XCTAssertEqual(a.camLogits.shape, [3, 3])
@@ -191,7 +193,7 @@ final class ViTTests: XCTestCase {
         let md = randomisedModel()
         let mf = try! ViT(config: Self.tiny, seed: 0)
         try! mf.load(md.stateDict())
-        var rng = EngineRNG(seed: 9)
+        var rng = SplitMix64(seed: 9)
         let images = randomTensor([2, 16, 16, 3], &rng)
         let ad = md.forward(images: images), af = mf.forward(images: images.converted())
         XCTAssertLessThan(maxAbsDiff(ad.camLogits, af.camLogits), 1e-4)
@@ -209,7 +211,7 @@ final class ViTTests: XCTestCase {
 
     func testRecordedAttentionGradientsAndPropagationOnly() {
         let m = randomisedModel()
-        var rng = EngineRNG(seed: 12)
+        var rng = SplitMix64(seed: 12)
         let images = randomTensor([2, 16, 16, 3], &rng)
         let a = m.forward(images: images)
         let g = DTensor(shape: [2, 3])
@@ -232,7 +234,7 @@ final class ViTTests: XCTestCase {
 
     func testTwoLiveActivationsAndReuse() {
         let m = randomisedModel()
-        var rng = EngineRNG(seed: 13)
+        var rng = SplitMix64(seed: 13)
         let x1 = randomTensor([2, 16, 16, 3], &rng), x2 = randomTensor([2, 16, 16, 3], &rng)
         let a1 = m.forward(images: x1)
         let c1 = a1.clsLogits.clone()

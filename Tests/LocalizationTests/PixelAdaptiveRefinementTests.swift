@@ -7,7 +7,7 @@ import XCTest
 final class PixelAdaptiveRefinementTests: XCTestCase {
     static let fixture = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures/par.h5").path
 
-    /// Matches PyTorch (Scripts/par_reference.py via make_par_fixtures.py) on two image shapes,
+    /// Matches PyTorch (Tests/Fixtures/par_reference.py via make_par_fixtures.py) on two image shapes,
     /// including dilations larger than the image, where replicate padding dominates.
     func testMatchesPyTorchReference() throws {
         let root = try HDF5File.open(Self.fixture).root
@@ -62,7 +62,7 @@ func maxRelativeError(_ a: [Float], _ b: [Float]) -> Float {
 }
 
 final class ConfidentLabelsTests: XCTestCase {
-    /// Same labels as the PyTorch version of refine_cams_with_bkg_v2 (Scripts/make_par_fixtures.py).
+    /// Same labels as the PyTorch version of refine_cams_with_bkg_v2 (Tests/Fixtures/make_par_fixtures.py).
     func testMatchesPyTorchReference() throws {
         let group = try HDF5File.open(PixelAdaptiveRefinementTests.fixture).root.group("confident_labels")
         let image = try group.read("image", as: UInt8.self)

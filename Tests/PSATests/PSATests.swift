@@ -1,3 +1,4 @@
+import Primitives
 import Engine
 @testable import PSA
 import XCTest
@@ -73,7 +74,7 @@ final class AffinityLossTests: XCTestCase {
     func testGradientCheckThroughHeadAndLoss() {
         let rows = 6, d = 5
         let head = AffinityHeadOf<Double>(inFeatures: d, hidden: 7, outFeatures: 4, seed: 3)
-        var rng = EngineRNG(seed: 11)
+        var rng = SplitMix64(seed: 11)
         let x = TensorOf<Double>(shape: [rows, d])
         x.fillNormal(std: 1, rng: &rng)
         for p in head.parameters where p.value.rank == 1 { p.value.fillNormal(std: 0.1, rng: &rng) }
@@ -111,7 +112,7 @@ final class AffinityLossTests: XCTestCase {
 
     func testAdamWLowersTheLoss() {
         let head = AffinityHead(inFeatures: 4, hidden: 8, outFeatures: 4, seed: 1)
-        var rng = EngineRNG(seed: 2)
+        var rng = SplitMix64(seed: 2)
         let x = TensorOf<Float>(shape: [8, 4])
         x.fillNormal(std: 1, rng: &rng)
         var pairs = AffinityPairs()
@@ -136,7 +137,7 @@ final class AffinityLossTests: XCTestCase {
 
 final class RandomWalkTests: XCTestCase {
     func randomFeatures(_ n: Int, _ f: Int, seed: UInt64, std: Double = 0.3) -> [Float] {
-        var rng = EngineRNG(seed: seed)
+        var rng = SplitMix64(seed: seed)
         let t = TensorOf<Float>(shape: [n, f])
         t.fillNormal(std: std, rng: &rng)
         return t.toArray()
@@ -161,7 +162,7 @@ final class RandomWalkTests: XCTestCase {
         let (h, w, k) = (5, 6, 3)
         let f = randomFeatures(h * w, 4, seed: 7)
         let t = f.withUnsafeBufferPointer { RandomWalk.transition(features: $0.baseAddress!, featureDim: 4, height: h, width: w, radius: 3, beta: 8) }
-        var rng = EngineRNG(seed: 9)
+        var rng = SplitMix64(seed: 9)
         let maps = TensorOf<Float>(shape: [k, h * w])
         maps.fillUniform(0, 1, rng: &rng)
         for logt in [0, 1, 4] {

@@ -1,3 +1,4 @@
+import TestSupport
 import Foundation
 import XCTest
 @testable import Runner
@@ -222,16 +223,59 @@ final class PipelineFileTests: XCTestCase {
     }
 }
 
-/// The committed pipelines must stay well-formed as they grow (their executables are checked by
-/// `wsss status` once the stages exist).
+/// The committed pipelines must stay valid as the stages change: a renamed parameter, input or
+/// output, or a choice a stage no longer knows, fails here rather than in `make demo`.
 final class CommittedPipelineTests: XCTestCase {
+    static let repositoryRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+
     func testCIPipelineParses() throws {
-        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-        let pipeline = try PipelineParser.parse(file: root.appendingPathComponent("Pipelines/ci.yaml").path, displayAs: "Pipelines/ci.yaml")
+        let pipeline = try PipelineParser.parse(file: Self.repositoryRoot.appendingPathComponent("Pipelines/ci.yaml").path, displayAs: "Pipelines/ci.yaml")
         XCTAssertEqual(pipeline.name, "ci")
         let data = try XCTUnwrap(pipeline.stage("data"))
         XCTAssertEqual(data.run, "prepare-data")
         XCTAssertEqual(data.params["image_size"], .int(32))
         XCTAssertEqual(data.outputs.map(\.path), ["Artifacts/ci/dataset.h5", "Artifacts/ci/samples.png"])
+    }
+
+    /// Every file in Pipelines/ binds against the real stage executables (inputs, outputs,
+    /// parameter names and kinds as each stage's --describe declares them), and each stage's full
+    /// parameters decode in the stage itself (--check-params: choices such as `method` too).
+    func testEveryCommittedPipelineValidatesAgainstItsStages() throws {
+        let folder = Self.repositoryRoot.appendingPathComponent("Pipelines")
+        let files = try FileManager.default.contentsOfDirectory(atPath: folder.path).filter { $0.hasSuffix(".yaml") }.sorted()
+        XCTAssertGreaterThanOrEqual(files.count, 8, "\(files)")
+        let ws = try TestWorkspace()
+        defer { ws.remove() }
+        var stagesChecked = 0
+        for file in files {
+            try ws.write(try String(contentsOf: folder.appendingPathComponent(file), encoding: .utf8), to: "Pipelines/\(file)")
+            // Files read from outside the pipeline (pretrained weights) need only exist to validate.
+            for stage in try PipelineParser.parse(file: ws.path("Pipelines/\(file)"), displayAs: file).stages {
+                for input in stage.inputs {
+                    if case .path(let path) = input.source, !FileManager.default.fileExists(atPath: ws.path(path)) { try ws.write("", to: path) }
+                }
+            }
+            let bound: BoundPipeline
+            do { bound = try ws.load("Pipelines/\(file)").1 } catch {
+                XCTFail("Pipelines/\(file) does not validate against its stages:\n\(error)")
+                continue
+            }
+            for stage in bound.stages {
+                let params = ws.path("params-\(stage.name).json")
+                try ws.write(JSONValue.object(stage.params).canonical, to: "params-\(stage.name).json")
+                let result = try ProcessRunner.run(URL(fileURLWithPath: stage.executablePath), ["--check-params", "--params", params])
+                XCTAssertEqual(result.status, 0, "Pipelines/\(file): stage '\(stage.name)' (\(stage.decl.run)): \(result.stderr)")
+                stagesChecked += 1
+            }
+        }
+        XCTAssertGreaterThan(stagesChecked, 40)
+        // The check refuses what a stage would refuse: an unknown choice and a misspelt name.
+        let stage = productsDirectory + "/single-stage-train"
+        let choice = try ProcessRunner.run(URL(fileURLWithPath: stage), ["--check-params", "--param", "method=fssr"])
+        XCTAssertEqual(choice.status, 1)
+        XCTAssertEqual(choice.stderr, "error: single-stage-train: parameter 'method' is invalid: 'fssr' is not one of baseline, fsr\n")
+        let name = try ProcessRunner.run(URL(fileURLWithPath: stage), ["--check-params", "--param", "bg_high=0.7"])
+        XCTAssertEqual(name.status, 1)
+        XCTAssertTrue(name.stderr.contains("unknown parameter 'bg_high'"), name.stderr)
     }
 }

@@ -1,3 +1,4 @@
+import TestSupport
 import Foundation
 import XCTest
 @testable import Runner
@@ -87,25 +88,9 @@ final class TestWorkspace {
 
     /// Runs the real `wsss` binary in the workspace: (exit status, stdout, stderr).
     func wsss(_ arguments: [String]) throws -> (Int32, String, String) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: productsDirectory + "/wsss")
-        process.arguments = arguments
-        process.currentDirectoryURL = URL(fileURLWithPath: root)
-        var environment = ProcessInfo.processInfo.environment
-        environment["WSSS_BIN"] = productsDirectory
-        process.environment = environment
-        let out = Pipe()
-        let err = Pipe()
-        process.standardOutput = out
-        process.standardError = err
-        try process.run()
-        let errorData = Shared(Data())
-        let reader = Thread { errorData.value = err.fileHandleForReading.readDataToEndOfFile() }
-        reader.start()
-        let output = out.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        while !reader.isFinished { usleep(1000) }
-        return (process.terminationStatus, String(decoding: output, as: UTF8.self), String(decoding: errorData.value, as: UTF8.self))
+        let r = try ProcessRunner.run(URL(fileURLWithPath: productsDirectory + "/wsss"), arguments, in: URL(fileURLWithPath: root),
+                                      environment: ["WSSS_BIN": productsDirectory])
+        return (r.status, r.stdout, r.stderr)
     }
 
     /// Cache entries on disk, by key.

@@ -3,6 +3,7 @@ import Datasets
 import Foundation
 import Imaging
 import Localization
+import TestSupport
 import XCTest
 
 /// cam-refine end to end on the tiny dataset (32 px images) with seeds and attention on a 4 x 4
@@ -101,7 +102,7 @@ final class CamRefineStageTests: XCTestCase {
         try writer.finish()
     }
 
-    func refine(_ extra: [String], dataset: String? = nil, seeds: String = "seeds.h5", attention: String = "attention.h5") throws -> StageHarness.Result {
+    func refine(_ extra: [String], dataset: String? = nil, seeds: String = "seeds.h5", attention: String = "attention.h5") throws -> ProcessRunner.Result {
         try StageHarness.run("cam-refine", ["--in", "cams=\(path(seeds))", "--in", "attention=\(path(attention))"]
             + (dataset.map { ["--in", "dataset=\($0)"] } ?? [])
             + ["--out", "cams=\(path("refined.h5"))", "--out", "report=\(path("report.json"))", "--out", "chart=\(path("chart.svg"))"] + extra)
@@ -233,10 +234,10 @@ final class CamRefineStageTests: XCTestCase {
         try writeSeeds(images, context: try context(dataset), values: Self.pointSeeds)
         try writeAttention(images, context: try context(dataset), layerCount: 2) { _ in [Self.uniform, Self.identity] }
         for weighting in ["paper", "code"] {
-            let result = try refine(["--param", "method=areaM", "--param", "areaM_weighting=\(weighting)"])
+            let result = try refine(["--param", "method=areaM", "--param", "aream_weighting=\(weighting)"])
             XCTAssertEqual(result.status, 0, result.stderr)
             let json = try report()
-            XCTAssertEqual(json["areaM_weighting"] as? String, weighting)
+            XCTAssertEqual(json["aream_weighting"] as? String, weighting)
             let weights = try XCTUnwrap(json["layer_weights"] as? [[String: Any]])
             XCTAssertEqual(try XCTUnwrap(weights[0]["mean"] as? Double), 0, accuracy: 1e-6, weighting)
             XCTAssertEqual(try XCTUnwrap(weights[1]["mean"] as? Double), 1, accuracy: 1e-6, weighting)
@@ -320,7 +321,7 @@ final class CamRefineStageTests: XCTestCase {
 
     // MARK: bad input
 
-    func assertRefused(_ result: StageHarness.Result, _ message: String, file: StaticString = #filePath, line: UInt = #line) throws {
+    func assertRefused(_ result: ProcessRunner.Result, _ message: String, file: StaticString = #filePath, line: UInt = #line) throws {
         XCTAssertEqual(result.status, 1, file: file, line: line)
         // Progress lines may come first; the error is the one last line.
         let lines = result.stderr.split(separator: "\n", omittingEmptySubsequences: false)
@@ -369,7 +370,7 @@ final class CamRefineStageTests: XCTestCase {
         let images = try gridImages(dataset)
         try writeSeeds(images, context: try context(dataset)) { $0.truthMaps }
         try writeAttention(images, context: try context(dataset), layerCount: 2) { _ in [Self.identity, Self.uniform] }
-        try assertRefused(try refine(["--param", "method=aream"]), "method must be one of none, mean, areaM, acr, got 'aream'")
+        try assertRefused(try refine(["--param", "method=aream"]), "parameter 'method' is invalid: 'aream' is not one of none, mean, areaM, acr")
         try assertRefused(try refine(["--param", "layers=[0,2]"]), "layers: layer 2 does not exist (the attention has 2 layers: 0...1, or -2...-1 from the end)")
         try assertRefused(try refine(["--param", "analyse=true"]), "analyse scores against ground truth: pass the optional input --in dataset=PATH")
         // Code weighting with only the highest-entropy layer selected would weigh everything 0.

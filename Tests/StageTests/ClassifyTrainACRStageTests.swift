@@ -1,6 +1,8 @@
 import ArtifactStore
 import Engine
 import Foundation
+import TestSupport
+import Training
 import XCTest
 
 /// classify-train with method=acr at toy size: the ACR terms reach the log, the parameters the
@@ -13,7 +15,7 @@ final class ClassifyTrainACRStageTests: XCTestCase {
 
     let tiny = ["image_size=16", "patch_size=4", "dim=16", "depth=2", "heads=2", "batch_size=4", "epochs=1", "threads=1"]
 
-    func train(_ dataset: String, _ out: String, _ extra: [String], initFrom: String? = nil) throws -> StageHarness.Result {
+    func train(_ dataset: String, _ out: String, _ extra: [String], initFrom: String? = nil) throws -> ProcessRunner.Result {
         var args = ["--in", "dataset=\(dataset)", "--out", "checkpoint=\(path(out))"]
         if let initFrom { args += ["--in", "init=\(path(initFrom))"] }
         let overridden = Set(extra.map { $0.split(separator: "=")[0] })
@@ -28,7 +30,7 @@ final class ClassifyTrainACRStageTests: XCTestCase {
             let result = try train(dataset, out, ["method=acr", "acr_view=\(view)", "acr_alpha=50", "acr_beta=20"])
             XCTAssertEqual(result.status, 0, result.stderr)
             XCTAssertTrue(result.stderr.contains("acr_act") || result.stdout.contains("acr_act"), result.stderr)
-            let checkpoint = try LoadedCheckpoint(path: path(out))
+            let checkpoint = try Checkpoint(path: path(out))
             let params = try JSONSerialization.jsonObject(with: Data(checkpoint.reader.provenance.paramsJSON.utf8)) as! [String: Any]
             XCTAssertEqual(params["method"] as? String, "acr")
             XCTAssertEqual(params["acr_view"] as? String, view)
@@ -55,14 +57,14 @@ final class ClassifyTrainACRStageTests: XCTestCase {
         // The baseline logs no ACR terms and records method=baseline.
         let base = try train(dataset, "base.h5", [])
         XCTAssertEqual(base.status, 0, base.stderr)
-        let checkpoint = try LoadedCheckpoint(path: path("base.h5"))
+        let checkpoint = try Checkpoint(path: path("base.h5"))
         XCTAssertFalse(try checkpoint.reader.root.group("log").contains("epoch_acr_act"))
         XCTAssertTrue(checkpoint.reader.provenance.paramsJSON.contains("\"method\":\"baseline\""), checkpoint.reader.provenance.paramsJSON)
     }
 
     func testBadObjectiveParametersAndObjectiveChangeOnResumeAreRefused() throws {
         let dataset = try StageHarness.tinyDataset(in: folder)
-        for (params, needle) in [(["method=seam"], "method must be baseline, acr or areaM"), (["method=acr", "acr_view=rot45"], "acr_view must be one of"),
+        for (params, needle) in [(["method=seam"], "'seam' is not one of baseline, acr, areaM"), (["method=acr", "acr_view=rot45"], "parameter 'acr_view' is invalid: 'rot45' is not one of"),
                                  (["method=acr", "acr_alpha=-1"], "acr_alpha and acr_beta")] {
             let result = try train(dataset, "bad.h5", params)
             XCTAssertNotEqual(result.status, 0)
@@ -76,7 +78,7 @@ final class ClassifyTrainACRStageTests: XCTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: path("second.h5")))
         let continued = try train(dataset, "second.h5", ["epochs=2", "resume=true", "method=acr"], initFrom: "first.h5")
         XCTAssertEqual(continued.status, 0, continued.stderr)
-        let log = try LoadedCheckpoint(path: path("second.h5")).reader.root.group("log")
+        let log = try Checkpoint(path: path("second.h5")).reader.root.group("log")
         XCTAssertEqual(try log.shape(of: "epoch_acr_aff"), [2])
     }
 }

@@ -3,6 +3,7 @@ import Datasets
 import Foundation
 import Imaging
 import Localization
+import TestSupport
 import XCTest
 
 final class EvaluateStageTests: XCTestCase {
@@ -12,7 +13,7 @@ final class EvaluateStageTests: XCTestCase {
 
     func path(_ name: String) -> String { folder.appendingPathComponent(name).path }
 
-    func evaluate(dataset: String, subject: String, extra: [String] = []) throws -> StageHarness.Result {
+    func evaluate(dataset: String, subject: String, extra: [String] = []) throws -> ProcessRunner.Result {
         try StageHarness.run("evaluate", ["--in", "dataset=\(dataset)", "--in", "subject=\(subject)",
                                           "--out", "metrics=\(path("metrics.h5"))", "--out", "metrics_json=\(path("metrics.json"))",
                                           "--out", "panels=\(path("panels.png"))"] + extra)

@@ -3,6 +3,9 @@ import Datasets
 import Engine
 import Foundation
 import Localization
+import TestSupport
+import Training
+import CAM
 import XCTest
 
 final class ExtractAttentionStageTests: XCTestCase {
@@ -21,16 +24,15 @@ final class ExtractAttentionStageTests: XCTestCase {
         let model = try ViT(config: config, seed: 11)
         if poisonCAMHead { model.parameter(named: "cam_head.weight")!.value.data[0] = .nan }
         let artifact = try ArtifactWriter(path: destination, provenance: Provenance(kind: .checkpoint, formatVersion: 1, producer: "test"))
-        try Checkpoint.writeJSON(artifact.root, "model_config", config)
-        try Checkpoint.writeJSON(artifact.root, "normalization", norm)
-        try Checkpoint.writeJSON(artifact.root, "class_names", classNames)
-        try Checkpoint.writeTensors(try artifact.root.createGroup("weights"),
-                                    model.parameters.map { ($0.name, $0.value.shape, UnsafePointer($0.value.data)) })
+        var contents = Checkpoint.Contents(modelConfig: config, normalization: norm, classNames: classNames, optimizer: .text("{}"),
+                                           augmentation: AugmentationSettings(), seed: 11, epochsCompleted: 0, stepsCompleted: 0)
+        contents.groups["weights"] = model.parameters.map { StoredTensor(name: $0.name, tensor: $0.value) }
+        try Checkpoint.write(contents, to: artifact.root)
         try artifact.commit()
         return model
     }
 
-    func run(_ dataset: String, _ checkpoint: String, _ params: [String] = []) throws -> StageHarness.Result {
+    func run(_ dataset: String, _ checkpoint: String, _ params: [String] = []) throws -> ProcessRunner.Result {
         try StageHarness.run("extract-attention", ["--in", "dataset=\(dataset)", "--in", "checkpoint=\(checkpoint)",
             "--out", "cams=\(path("cams.h5"))", "--out", "attention=\(path("attention.h5"))", "--out", "samples=\(path("samples.png"))"]
             + params.flatMap { ["--param", $0] })
@@ -171,7 +173,7 @@ final class ExtractAttentionStageTests: XCTestCase {
         let reader = try DatasetReader(path: dataset)
         _ = try writeCheckpoint(classNames: reader.classNames, to: path("ckpt.h5"))
         let score = try run(dataset, path("ckpt.h5"), ["gradient_score=logit"])
-        XCTAssertEqual(score.stderr, "error: extract-attention: gradient_score must be one of [\"cls\", \"cam\"], got 'logit'\n")
+        XCTAssertEqual(score.stderr, "error: extract-attention: parameter 'gradient_score' is invalid: 'logit' is not one of cls, cam\n")
         let ema = try run(dataset, path("ckpt.h5"), ["use_ema=true"])
         XCTAssertEqual(ema.status, 1)
         XCTAssertTrue(ema.stderr.contains("use_ema is set but the checkpoint has no EMA weights"), ema.stderr)

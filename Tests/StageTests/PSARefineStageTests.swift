@@ -4,6 +4,7 @@ import Engine
 import Foundation
 import Imaging
 import Localization
+import TestSupport
 import XCTest
 
 final class PSARefineStageTests: XCTestCase {
@@ -28,7 +29,7 @@ final class PSARefineStageTests: XCTestCase {
         try artifact.commit()
     }
 
-    func refine(dataset: String, cams: String, checkpoint: String, extra: [String] = []) throws -> StageHarness.Result {
+    func refine(dataset: String, cams: String, checkpoint: String, extra: [String] = []) throws -> ProcessRunner.Result {
         try StageHarness.run("psa-refine", ["--in", "dataset=\(dataset)", "--in", "cams=\(cams)", "--in", "checkpoint=\(checkpoint)",
                                             "--out", "labels=\(path("psa.h5"))", "--out", "samples=\(path("psa.png"))",
                                             "--param", "batch_size=3", "--param", "radius=3",

@@ -1,6 +1,7 @@
 import ArtifactStore
 import Foundation
 import Localization
+import TestSupport
 import XCTest
 
 final class PseudoLabelStageTests: XCTestCase {

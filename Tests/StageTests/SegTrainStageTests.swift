@@ -2,6 +2,7 @@ import ArtifactStore
 import Datasets
 import Foundation
 import Localization
+import TestSupport
 import XCTest
 
 final class SegTrainStageTests: XCTestCase {

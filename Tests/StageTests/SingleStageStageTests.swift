@@ -3,9 +3,10 @@ import Datasets
 import Foundation
 import Imaging
 import Localization
+import TestSupport
 import XCTest
 
-/// seg-train supervision=single_stage (baseline and FSR) end to end at toy size.
+/// single-stage-train (baseline and FSR) end to end at toy size.
 final class SingleStageStageTests: XCTestCase {
     var folder: URL!
     override func setUpWithError() throws { folder = try StageHarness.temporaryFolder() }
@@ -13,10 +14,15 @@ final class SingleStageStageTests: XCTestCase {
     func path(_ name: String) -> String { folder.appendingPathComponent(name).path }
 
     /// Image 16, patch 4, dim 16, depth 2; 8 train images in batches of 4, 2 epochs, segmentation from epoch 2.
-    let toy = ["--param", "supervision=single_stage", "--param", "image_size=16", "--param", "patch_size=4", "--param", "dim=16",
+    let toy = ["--param", "image_size=16", "--param", "patch_size=4", "--param", "dim=16",
                "--param", "depth=2", "--param", "heads=2", "--param", "decoder_channels=8", "--param", "epochs=2",
                "--param", "batch_size=4", "--param", "seg_warmup_epochs=1", "--param", "projector_hidden=16",
                "--param", "projector_bottleneck=8", "--param", "projector_out_dim=32"]
+    /// The same network for seg-train, without the single-stage parameters.
+    var supervisedToy: [String] {
+        stride(from: 0, to: toy.count, by: 2).map { Array(toy[$0...$0 + 1]) }
+            .filter { !$0[1].hasPrefix("seg_warmup") && !$0[1].hasPrefix("projector") }.flatMap { $0 }
+    }
 
     func outputs(_ prefix: String) -> [String] {
         ["--out", "checkpoint=\(path(prefix + "ck.h5"))", "--out", "predictions=\(path(prefix + "pred.h5"))",
@@ -47,7 +53,7 @@ final class SingleStageStageTests: XCTestCase {
         let reader = try DatasetReader(path: dataset)
         let val = try reader.split("val")
         for method in ["baseline", "fsr"] {
-            let result = try StageHarness.run("seg-train", ["--in", "dataset=\(dataset)", "--param", "single_stage_method=\(method)"] + toy + outputs(method))
+            let result = try StageHarness.run("single-stage-train", ["--in", "dataset=\(dataset)", "--param", "method=\(method)"] + toy + outputs(method))
             XCTAssertEqual(result.status, 0, result.stderr)
             XCTAssertTrue(result.stdout.contains("single stage \(method)"), result.stdout)
             XCTAssertTrue(result.stdout.contains("val mIoU"), result.stdout)
@@ -69,14 +75,14 @@ final class SingleStageStageTests: XCTestCase {
             let checkpoint = try ArtifactReader(path: path(method + "ck.h5"), kind: .checkpoint)
             let root = checkpoint.root
             XCTAssertEqual(try root.stringAttribute("supervision"), "single_stage")
-            XCTAssertEqual(try root.stringAttribute("single_stage_method"), method)
+            XCTAssertEqual(try root.stringAttribute("method"), method)
             let settings = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(try root.stringAttribute("single_stage").utf8)) as? [String: Any])
             XCTAssertEqual(settings["seg_warmup_steps"] as? Int, 2)  // one epoch of 8 images in batches of 4
             XCTAssertEqual(settings["fsr"] as? Bool, method == "fsr")
             XCTAssertEqual(settings["mask_ratio"] as? Double, 0.4)
             XCTAssertEqual(settings["teacher_momentum"] as? Double, 0.9995)
             XCTAssertTrue(root.hasAttribute("pseudo_labels"))
-            XCTAssertTrue(checkpoint.provenance.paramsJSON.contains(#""single_stage_method":"\#(method)""#), checkpoint.provenance.paramsJSON)
+            XCTAssertTrue(checkpoint.provenance.paramsJSON.contains(#""method":"\#(method)""#), checkpoint.provenance.paramsJSON)
             let steps = try root.group("log").read("step_loss", as: Double.self).values
             XCTAssertEqual(steps.count, 4)
             XCTAssertTrue(steps.allSatisfy { $0.isFinite && $0 > 0 }, "\(steps)")
@@ -110,7 +116,7 @@ final class SingleStageStageTests: XCTestCase {
         try copyWithBlankTrainMasks(dataset, to: path("blank.h5"))
         var losses: [[Double]] = []
         for (name, file) in [("a-", dataset), ("b-", path("blank.h5"))] {
-            let result = try StageHarness.run("seg-train", ["--in", "dataset=\(file)", "--param", "single_stage_method=fsr"] + toy + outputs(name))
+            let result = try StageHarness.run("single-stage-train", ["--in", "dataset=\(file)", "--param", "method=fsr"] + toy + outputs(name))
             XCTAssertEqual(result.status, 0, result.stderr)
             losses.append(try ArtifactReader(path: path(name + "ck.h5"), kind: .checkpoint).root.group("log").read("step_loss", as: Double.self).values)
         }
@@ -118,7 +124,7 @@ final class SingleStageStageTests: XCTestCase {
         // Supervised training does read them: the same swap changes its losses.
         var supervised: [[Double]] = []
         for (name, file) in [("c-", dataset), ("d-", path("blank.h5"))] {
-            let result = try StageHarness.run("seg-train", ["--in", "dataset=\(file)"] + Array(toy.dropFirst(2)) + ["--param", "supervision=ground_truth"] + outputs(name))
+            let result = try StageHarness.run("seg-train", ["--in", "dataset=\(file)"] + supervisedToy + ["--param", "supervision=ground_truth"] + outputs(name))
             XCTAssertEqual(result.status, 0, result.stderr)
             supervised.append(try ArtifactReader(path: path(name + "ck.h5"), kind: .checkpoint).root.group("log").read("step_loss", as: Double.self).values)
         }
@@ -127,7 +133,7 @@ final class SingleStageStageTests: XCTestCase {
 
     func testFullBackboneLearningRateIsNotWarnedAbout() throws {
         let dataset = try StageHarness.tinyDataset(in: folder)
-        let result = try StageHarness.run("seg-train", ["--in", "dataset=\(dataset)", "--param", "backbone_lr_mult=1"] + toy + outputs("full"))
+        let result = try StageHarness.run("single-stage-train", ["--in", "dataset=\(dataset)", "--param", "backbone_lr_mult=1"] + toy + outputs("full"))
         XCTAssertEqual(result.status, 0, result.stderr)
         XCTAssertFalse(result.stderr.contains("starts from random weights"), result.stderr)
         let checkpoint = try ArtifactReader(path: path("fullck.h5"), kind: .checkpoint)
@@ -136,14 +142,14 @@ final class SingleStageStageTests: XCTestCase {
 
     func testBadSingleStageParametersAreRefused() throws {
         let dataset = try StageHarness.tinyDataset(in: folder)
-        for (params, message) in [(["single_stage_method=dino"], "unknown single_stage_method 'dino'"),
-                                  (["single_stage_method=fsr", "mask_ratio=1.0"], "mask_ratio 1.0 outside [0, 1)"),
-                                  (["single_stage_method=fsr", "uncertain_low=0.7"], "uncertain_low 0.7 must be below uncertain_high 0.7"),
-                                  (["bg_low=0.8"], "bg_low (0.8) must be below bg_high (0.7)")] {
-            let result = try StageHarness.run("seg-train", ["--in", "dataset=\(dataset)"] + toy + params.flatMap { ["--param", $0] } + outputs("x"))
+        for (params, message) in [(["method=dino"], "parameter 'method' is invalid: 'dino' is not one of baseline, fsr"),
+                                  (["method=fsr", "mask_ratio=1.0"], "mask_ratio 1.0 outside [0, 1)"),
+                                  (["method=fsr", "uncertain_low=0.7"], "uncertain_low 0.7 must be below uncertain_high 0.7"),
+                                  (["low_background=0.8"], "low_background (0.8) must be below high_background (0.7)")] {
+            let result = try StageHarness.run("single-stage-train", ["--in", "dataset=\(dataset)"] + toy + params.flatMap { ["--param", $0] } + outputs("x"))
             let param = params.joined(separator: " ")
             XCTAssertEqual(result.status, 1, param)
-            XCTAssertTrue(result.stderr.hasPrefix("error: seg-train: ") && result.stderr.contains(message), result.stderr)
+            XCTAssertTrue(result.stderr.hasPrefix("error: single-stage-train: ") && result.stderr.contains(message), result.stderr)
             for file in ["xck.h5", "xpred.h5", "xs.png"] { XCTAssertFalse(FileManager.default.fileExists(atPath: path(file))) }
         }
     }

@@ -2,6 +2,7 @@ import ArtifactStore
 import Datasets
 import Localization
 import Foundation
+import TestSupport
 import XCTest
 
 /// Runs the real stage executables from the build folder, as the runner and users do.
@@ -13,34 +14,17 @@ enum StageHarness {
         return packageRoot.appendingPathComponent(".build/debug")
     }
 
-    struct Result {
-        var status: Int32
-        var stdout: String
-        var stderr: String
-    }
-
     @discardableResult
     /// The trainers' default backbone has a pretrained stem that needs a weights file; toy runs
     /// use the linear patch embedding unless they name a stem themselves.
     static func toyStem(_ stage: String, _ arguments: [String]) -> [String] {
-        guard stage == "classify-train" || stage == "seg-train", !arguments.contains(where: { $0.hasPrefix("stem=") }),
+        guard ["classify-train", "seg-train", "single-stage-train"].contains(stage), !arguments.contains(where: { $0.hasPrefix("stem=") }),
               !arguments.contains("--describe") else { return arguments }
         return arguments + ["--param", "stem=patch"]
     }
 
-    static func run(_ stage: String, _ arguments: [String]) throws -> Result {
-        let process = Process()
-        process.executableURL = binFolder.appendingPathComponent(stage)
-        process.arguments = toyStem(stage, arguments)
-        let out = Pipe(), err = Pipe()
-        process.standardOutput = out
-        process.standardError = err
-        try process.run()
-        let outData = out.fileHandleForReading.readDataToEndOfFile()
-        let errData = err.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return Result(status: process.terminationStatus, stdout: String(decoding: outData, as: UTF8.self),
-                      stderr: String(decoding: errData, as: UTF8.self))
+    static func run(_ stage: String, _ arguments: [String]) throws -> ProcessRunner.Result {
+        try ProcessRunner.run(binFolder.appendingPathComponent(stage), toyStem(stage, arguments))
     }
 
     static func temporaryFolder() throws -> URL {

@@ -1,4 +1,5 @@
 import Foundation
+import Primitives
 
 public typealias SegDecoder = SegDecoderOf<Float>
 
@@ -64,7 +65,7 @@ public final class SegDecoderOf<S: EngineScalar> {
     public init(config: SegDecoderConfig, seed: UInt64) throws {
         try config.validate()
         self.config = config
-        var rng = EngineRNG(seed: seed)
+        var rng = SplitMix64(seed: seed)
         var list: [(name: String, value: TensorOf<S>, grad: TensorOf<S>)] = []
         func add(_ name: String, _ shape: [Int], std: Double) {
             let v = TensorOf<S>(shape: shape)

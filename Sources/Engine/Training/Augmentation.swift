@@ -1,4 +1,5 @@
 import Foundation
+import Primitives
 
 /// Per-channel normalisation of [0, 1] RGB values: (v - mean) / std.
 public struct Normalization: Codable, Equatable, Sendable {
@@ -70,7 +71,7 @@ public struct AugmentationDraw: Equatable, Sendable {
 }
 
 public enum ImageAugmenter {
-    public static func draw(size: Int, settings: AugmentationSettings, using rng: inout TrainingRandom) -> AugmentationDraw {
+    public static func draw(size: Int, settings: AugmentationSettings, using rng: inout SplitMix64) -> AugmentationDraw {
         let r = rng.uniform(settings.scaleMin, settings.scaleMax)
         let rw = max(1, Int((Double(size) * r).rounded()))
         let rh = max(1, Int((Double(size) * r).rounded()))
@@ -90,7 +91,7 @@ public enum ImageAugmenter {
     /// normalised floats).
     public static func augment(
         _ source: UnsafePointer<UInt8>, width: Int, height: Int, into output: UnsafeMutablePointer<Float>, size: Int,
-        settings: AugmentationSettings, normalization: Normalization, using rng: inout TrainingRandom
+        settings: AugmentationSettings, normalization: Normalization, using rng: inout SplitMix64
     ) {
         let d = draw(size: size, settings: settings, using: &rng)
         render(source, width: width, height: height, into: output, size: size, draw: d, normalization: normalization)

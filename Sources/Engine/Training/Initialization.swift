@@ -1,3 +1,4 @@
+import Primitives
 /// Weight initialisations for training a ViT from scratch.
 public enum ViTInitialization {
     /// Re-draws the weight matrices of the patch embedding and of every block (qkv, proj, fc1,
@@ -8,7 +9,7 @@ public enum ViTInitialization {
     /// at the label prior for hundreds of steps; at Xavier scale it starts learning at once
     /// (measured on fashion-scenes, see the classify-train notes).
     public static func xavierUniform(_ model: ViT, seed: UInt64) {
-        var rng = TrainingRandom(seed: seed, stream: 0x1417, index: 0)
+        var rng = SplitMix64(seed: seed, stream: 0x1417, index: 0)
         for p in model.parameters where p.value.rank >= 2 && isBlockOrEmbeddingMatrix(p.name) {
             let fanOut = p.value.shape[0]
             let fanIn = p.value.count / fanOut
