@@ -52,7 +52,7 @@ let package = Package(
         ]),
         // Small pieces several modules share: the seeded generators.
         .target(name: "Primitives", swiftSettings: fastMath),
-        .target(name: "Imaging", dependencies: ["CPNG", "CJPEG"], swiftSettings: fastMath),
+        .target(name: "Imaging", dependencies: ["CPNG", "CJPEG", "Primitives"], swiftSettings: fastMath),
         .target(name: "Datasets", dependencies: ["ArtifactStore", "Imaging", "CZlib", "Primitives"], swiftSettings: fastMath),
         .target(name: "StageKit", dependencies: [
             "ArtifactStore",
@@ -96,7 +96,7 @@ let package = Package(
         ]),
 
         .testTarget(name: "ArtifactStoreTests", dependencies: ["ArtifactStore"]),
-        .testTarget(name: "ImagingTests", dependencies: ["Imaging"]),
+        .testTarget(name: "ImagingTests", dependencies: ["Imaging", "Primitives"]),
         .testTarget(name: "DatasetsTests", dependencies: ["Datasets", "ArtifactStore", "Imaging", "Primitives"]),
         .testTarget(name: "StageKitTests", dependencies: ["StageKit"]),
         // Helpers shared by the test targets: finite-difference gradient checks, the stage process runner.

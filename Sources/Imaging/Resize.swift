@@ -1,23 +1,10 @@
+import Primitives
+
 /// Resampling. Bilinear follows PyTorch's `interpolate(mode="bilinear", align_corners=False,
 /// antialias=False)` exactly, so CAMs upsampled here match the reference code; nearest samples the
 /// source pixel under each output pixel's centre (PyTorch's "nearest-exact"), which keeps label
 /// maps centred instead of drifting by half a source pixel.
 public enum Resize {
-    /// Source index pair and weight of the second one, per output coordinate.
-    static func bilinearTaps(from input: Int, to output: Int) -> (lo: [Int], hi: [Int], weight: [Float]) {
-        let scale = Float(input) / Float(output)
-        var lo = [Int](repeating: 0, count: output), hi = lo
-        var weight = [Float](repeating: 0, count: output)
-        for o in 0..<output {
-            let real = max(scale * (Float(o) + 0.5) - 0.5, 0)
-            let i0 = min(Int(real), input - 1)
-            lo[o] = i0
-            hi[o] = i0 < input - 1 ? i0 + 1 : i0
-            weight[o] = real - Float(i0)
-        }
-        return (lo, hi, weight)
-    }
-
     static func nearestIndices(from input: Int, to output: Int) -> [Int] {
         let scale = Double(input) / Double(output)
         return (0..<output).map { min(Int((Double($0) + 0.5) * scale), input - 1) }
@@ -31,23 +18,10 @@ public enum Resize {
         precondition(source.count == width * height * channels && destination.count == toWidth * toHeight * channels,
                      "bilinear resize buffer sizes do not match the shapes")
         precondition(width > 0 && height > 0 || toWidth * toHeight == 0, "cannot resize an empty image")
-        let xs = bilinearTaps(from: width, to: toWidth)
-        let ys = bilinearTaps(from: height, to: toHeight)
-        for oy in 0..<toHeight {
-            let row0 = ys.lo[oy] * width, row1 = ys.hi[oy] * width
-            let wy = ys.weight[oy]
-            for ox in 0..<toWidth {
-                let x0 = xs.lo[ox], x1 = xs.hi[ox], wx = xs.weight[ox]
-                let a = (row0 + x0) * channels, b = (row0 + x1) * channels
-                let c = (row1 + x0) * channels, d = (row1 + x1) * channels
-                let out = (oy * toWidth + ox) * channels
-                for k in 0..<channels {
-                    let top = (1 - wx) * source[a + k] + wx * source[b + k]
-                    let bottom = (1 - wx) * source[c + k] + wx * source[d + k]
-                    destination[out + k] = (1 - wy) * top + wy * bottom
-                }
-            }
-        }
+        guard toWidth * toHeight > 0 else { return }
+        Bilinear.resizeRows(source.baseAddress!, into: destination.baseAddress!, inHeight: height, inWidth: width,
+                            outHeight: toHeight, outWidth: toWidth, channels: channels,
+                            ys: BilinearTaps(from: height, to: toHeight), xs: BilinearTaps(from: width, to: toWidth), rows: 0..<toHeight)
     }
 
     public static func bilinear(_ source: [Float], width: Int, height: Int, channels: Int = 1,

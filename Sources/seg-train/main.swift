@@ -22,45 +22,21 @@ enum Supervision: String, ParameterChoice {
 }
 
 struct Params: StageParameters {
-    var seed = 0
+    /// The network, its optimisation, augmentation and val predictions (as single-stage-train's).
+    var common = SegmentationParameters()
     var supervision = Supervision.labels
-    var epochs = 3
-    var batchSize = 32
-    var lr = 1e-3
-    var backboneLRMultiplier = 0.1
-    var weightDecay = 0.01
-    var clipGradNorm = 1.0
-    var polyPower = 0.9
-    var scaleMin = 0.75
-    var scaleMax = 1.5
-    var flip = true
-    var colorJitter = 0.2
-    var decoderChannels = 64
-    var dilations = [1, 2, 3]
-    /// Backbone shape when there is no `init` checkpoint (image_size 0: the dataset's image size).
-    var imageSize = 0
-    var patchSize = 8
-    var depth = 4
-    var dim = 128
-    var heads = 4
-    /// Fresh backbone only: "patch" or a frozen pretrained stem ("efficientnet_lite0", weights from
-    /// the `stem_weights` input; classify-train's default). With `init` the stem comes from the checkpoint.
-    var stem = "efficientnet_lite0"
-    /// Inference: scales relative to the training size, and horizontal-flip averaging.
-    var evalScales = [1.0]
-    var evalFlip = false
-    /// Validation mIoU after every n-th epoch (0: only after the last one).
-    var valEvery = 1
-    var samples = 8
 
-    enum CodingKeys: String, CodingKey {
-        case seed, supervision, epochs, batchSize = "batch_size", lr, backboneLRMultiplier = "backbone_lr_mult"
-        case weightDecay = "weight_decay", clipGradNorm = "clip_grad_norm", polyPower = "poly_power"
-        case scaleMin = "scale_min", scaleMax = "scale_max", flip, colorJitter = "color_jitter"
-        case decoderChannels = "decoder_channels", dilations, imageSize = "image_size", patchSize = "patch_size"
-        case depth, dim, heads, stem, evalScales = "eval_scales", evalFlip = "eval_flip", valEvery = "val_every", samples
-    }
+    enum CodingKeys: String, CodingKey { case supervision }
     init() {}
+    init(from decoder: Decoder) throws {
+        common = try SegmentationParameters(from: decoder)
+        supervision = try decoder.container(keyedBy: CodingKeys.self).decode(Supervision.self, forKey: .supervision)
+    }
+    func encode(to encoder: Encoder) throws {
+        try common.encode(to: encoder)
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encode(supervision, forKey: .supervision)
+    }
 }
 
 let spec = StageSpec(
@@ -69,14 +45,9 @@ let spec = StageSpec(
     inputs: ["dataset"], optionalInputs: ["init", "labels", "stem_weights"], outputs: ["checkpoint", "predictions", "samples"])
 
 StageMain.run(spec, parameters: Params.self) { ctx in
-    let p = ctx.params
-    guard p.epochs >= 1, p.batchSize >= 1, p.lr > 0, p.backboneLRMultiplier >= 0, p.decoderChannels >= 1,
-          !p.evalScales.isEmpty, p.evalScales.allSatisfy({ $0 > 0 }), p.samples >= 0, p.valEvery >= 0 else {
-        throw StageError("epochs, batch_size, decoder_channels must be >= 1, lr > 0, eval_scales non-empty and positive")
-    }
-    let augmentation = AugmentationSettings(scaleMin: p.scaleMin, scaleMax: p.scaleMax, flip: p.flip,
-                                            brightness: p.colorJitter, contrast: p.colorJitter, saturation: p.colorJitter)
-    do { try augmentation.validate() } catch { throw StageError("\(error)") }
+    let p = ctx.params.common, supervision = ctx.params.supervision
+    try p.validate()
+    let augmentation = p.augmentation
 
     let datasetPath = ctx.input("dataset")
     let dataset = try DatasetReader(path: datasetPath)
@@ -85,7 +56,7 @@ StageMain.run(spec, parameters: Params.self) { ctx in
 
     // Training items: image and label map, from the labels artifact or the dataset's masks.
     var trainImages: [RGBImage] = [], trainLabels: [[UInt8]] = []
-    switch p.supervision {
+    switch supervision {
     case .labels:
         guard let labelsPath = ctx.optionalInput("labels") else {
             throw StageError("supervision 'labels' needs the input 'labels' (a labels artifact of the train split), or use supervision=ground_truth")
@@ -119,31 +90,18 @@ StageMain.run(spec, parameters: Params.self) { ctx in
 
     let (backbone, normalization) = try SegmentationBackbone.make(
         initPath: ctx.optionalInput("init"), stemPath: ctx.optionalInput("stem_weights"),
-        fresh: .init(imageSize: p.imageSize, patchSize: p.patchSize, depth: p.depth, dim: p.dim, heads: p.heads, stem: p.stem),
+        fresh: p.freshBackbone,
         dataset: dataset, maskToken: false, seed: UInt64(p.seed), log: { ctx.log.warning("\($0)") })
     let size = backbone.config.imageSize
-    let decoderConfig = SegDecoderConfig(inChannels: backbone.config.dim, channels: p.decoderChannels, dilations: p.dilations,
-                                         numClasses: dataset.numClasses + 1)
-    let network: SegNetwork
-    do {
-        network = try SegNetwork(backbone: backbone, decoder: try SegDecoder(config: decoderConfig, seed: UInt64(p.seed) &+ 1))
-    } catch { throw StageError("decoder: \(error)") }
-
-    var settings = SegOptimizerSettings()
-    settings.lr = p.lr
-    settings.backboneLRMultiplier = p.backboneLRMultiplier
-    settings.weightDecay = p.weightDecay
-    settings.clipGradNorm = p.clipGradNorm
-    settings.polyPower = p.polyPower
-    settings.totalSteps = (trainImages.count + p.batchSize - 1) / p.batchSize * p.epochs
+    let (network, decoderConfig) = try p.network(backbone: backbone, classes: dataset.numClasses)
+    let settings = p.optimizer(totalSteps: (trainImages.count + p.batchSize - 1) / p.batchSize * p.epochs)
     let trainer = SegTrainer(network: network, settings: settings)
     let session = SegmentationSession(
-        name: "seg-train", network: network,
-        schedule: SegmentationSchedule(epochs: p.epochs, batchSize: p.batchSize, valEvery: p.valEvery, samples: p.samples),
+        name: "seg-train", network: network, schedule: p.schedule,
         predictor: SegmentationPredictor(network: network, trainSize: size, scales: p.evalScales, flip: p.evalFlip, normalization: normalization),
         valSplit: valSplit)
 
-    print("seg-train: \(trainImages.count) training images (\(p.supervision.rawValue)), \(valSplit.count) val, \(size) px, " +
+    print("seg-train: \(trainImages.count) training images (\(supervision.rawValue)), \(valSplit.count) val, \(size) px, " +
           "backbone \(ctx.optionalInput("init") == nil ? "random" : "from init") (\(backbone.parameterCount) params), " +
           "decoder \(network.decoder.parameterCount) params, \(settings.totalSteps) steps")
     fflush(stdout)
@@ -174,7 +132,7 @@ StageMain.run(spec, parameters: Params.self) { ctx in
                                        optimizer: try .json(settings), augmentation: augmentation, seed: p.seed,
                                        epochsCompleted: p.epochs, stepsCompleted: trainer.step)
     contents.attributes["decoder_config"] = try .json(decoderConfig)
-    contents.attributes["supervision"] = .text(p.supervision.rawValue)
+    contents.attributes["supervision"] = .text(supervision.rawValue)
     contents.attributes["blas"] = .text(blasLine)
     try session.finish(ctx, contents: contents, classNames: dataset.classNames, datasetHash: datasetHash)
 }

@@ -23,8 +23,8 @@ enum Method: String, ParameterChoice {
     case fsr
 }
 
-struct Params: StageParameters {
-    var seed = 0
+/// single-stage-train's own parameters, next to the shared SegmentationParameters.
+struct SingleStageParameters: Codable {
     var method = Method.baseline
     /// Segmentation loss weight and the epochs of classification only before it.
     var segWeight = 0.1
@@ -52,37 +52,8 @@ struct Params: StageParameters {
     var projectorHidden = 512
     var projectorBottleneck = 128
     var projectorOutDim = 1024
-    var epochs = 3
-    var batchSize = 32
-    var lr = 1e-3
-    var backboneLRMultiplier = 0.1
-    var weightDecay = 0.01
-    var clipGradNorm = 1.0
-    var polyPower = 0.9
-    var scaleMin = 0.75
-    var scaleMax = 1.5
-    var flip = true
-    var colorJitter = 0.2
-    var decoderChannels = 64
-    var dilations = [1, 2, 3]
-    /// Backbone shape when there is no `init` checkpoint (image_size 0: the dataset's image size).
-    var imageSize = 0
-    var patchSize = 8
-    var depth = 4
-    var dim = 128
-    var heads = 4
-    var stem = "efficientnet_lite0"
-    var evalScales = [1.0]
-    var evalFlip = false
-    var valEvery = 1
-    var samples = 8
-
     enum CodingKeys: String, CodingKey {
-        case seed, method, epochs, batchSize = "batch_size", lr, backboneLRMultiplier = "backbone_lr_mult"
-        case weightDecay = "weight_decay", clipGradNorm = "clip_grad_norm", polyPower = "poly_power"
-        case scaleMin = "scale_min", scaleMax = "scale_max", flip, colorJitter = "color_jitter"
-        case decoderChannels = "decoder_channels", dilations, imageSize = "image_size", patchSize = "patch_size"
-        case depth, dim, heads, stem, evalScales = "eval_scales", evalFlip = "eval_flip", valEvery = "val_every", samples
+        case method
         case segWeight = "seg_weight", segWarmupEpochs = "seg_warmup_epochs"
         case highBackground = "high_background", lowBackground = "low_background", parIterations = "par_iterations"
         case fsrClassWeight = "fsr_class_weight", fsrPatchWeight = "fsr_patch_weight", maskRatio = "mask_ratio"
@@ -93,7 +64,22 @@ struct Params: StageParameters {
         case centreMomentum = "centre_momentum", aggregationBlocks = "aggregation_blocks", projectorHidden = "projector_hidden"
         case projectorBottleneck = "projector_bottleneck", projectorOutDim = "projector_out_dim"
     }
+}
+
+struct Params: StageParameters {
+    /// The network, its optimisation, augmentation and val predictions (as seg-train's).
+    var common = SegmentationParameters()
+    var own = SingleStageParameters()
+
     init() {}
+    init(from decoder: Decoder) throws {
+        common = try SegmentationParameters(from: decoder)
+        own = try SingleStageParameters(from: decoder)
+    }
+    func encode(to encoder: Encoder) throws {
+        try common.encode(to: encoder)
+        try own.encode(to: encoder)
+    }
 }
 
 let spec = StageSpec(
@@ -102,18 +88,13 @@ let spec = StageSpec(
     inputs: ["dataset"], optionalInputs: ["init", "stem_weights"], outputs: ["checkpoint", "predictions", "samples"])
 
 StageMain.run(spec, parameters: Params.self) { ctx in
-    let p = ctx.params
-    guard p.epochs >= 1, p.batchSize >= 1, p.lr > 0, p.backboneLRMultiplier >= 0, p.decoderChannels >= 1,
-          !p.evalScales.isEmpty, p.evalScales.allSatisfy({ $0 > 0 }), p.samples >= 0, p.valEvery >= 0 else {
-        throw StageError("epochs, batch_size, decoder_channels must be >= 1, lr > 0, eval_scales non-empty and positive")
+    let p = ctx.params.common, s = ctx.params.own
+    try p.validate()
+    guard s.segWarmupEpochs >= 0 else { throw StageError("seg_warmup_epochs must be >= 0") }
+    guard s.lowBackground < s.highBackground, s.parIterations >= 0 else {
+        throw StageError("low_background (\(s.lowBackground)) must be below high_background (\(s.highBackground)) and par_iterations >= 0")
     }
-    guard p.segWarmupEpochs >= 0 else { throw StageError("seg_warmup_epochs must be >= 0") }
-    guard p.lowBackground < p.highBackground, p.parIterations >= 0 else {
-        throw StageError("low_background (\(p.lowBackground)) must be below high_background (\(p.highBackground)) and par_iterations >= 0")
-    }
-    let augmentation = AugmentationSettings(scaleMin: p.scaleMin, scaleMax: p.scaleMax, flip: p.flip,
-                                            brightness: p.colorJitter, contrast: p.colorJitter, saturation: p.colorJitter)
-    do { try augmentation.validate() } catch { throw StageError("\(error)") }
+    let augmentation = p.augmentation
 
     let datasetPath = ctx.input("dataset")
     let dataset = try DatasetReader(path: datasetPath)
@@ -126,49 +107,39 @@ StageMain.run(spec, parameters: Params.self) { ctx in
 
     let (backbone, normalization) = try SegmentationBackbone.make(
         initPath: ctx.optionalInput("init"), stemPath: ctx.optionalInput("stem_weights"),
-        fresh: .init(imageSize: p.imageSize, patchSize: p.patchSize, depth: p.depth, dim: p.dim, heads: p.heads, stem: p.stem),
-        dataset: dataset, maskToken: p.method == .fsr, seed: UInt64(p.seed), log: { ctx.log.warning("\($0)") })
+        fresh: p.freshBackbone,
+        dataset: dataset, maskToken: s.method == .fsr, seed: UInt64(p.seed), log: { ctx.log.warning("\($0)") })
     let size = backbone.config.imageSize
-    let decoderConfig = SegDecoderConfig(inChannels: backbone.config.dim, channels: p.decoderChannels, dilations: p.dilations,
-                                         numClasses: dataset.numClasses + 1)
-    let network: SegNetwork
-    do {
-        network = try SegNetwork(backbone: backbone, decoder: try SegDecoder(config: decoderConfig, seed: UInt64(p.seed) &+ 1))
-    } catch { throw StageError("decoder: \(error)") }
+    let (network, decoderConfig) = try p.network(backbone: backbone, classes: dataset.numClasses)
 
     let stepsPerEpoch = (images.count + p.batchSize - 1) / p.batchSize
     var settings = SingleStageSettings()
-    settings.optimizer.lr = p.lr
-    settings.optimizer.backboneLRMultiplier = p.backboneLRMultiplier
-    settings.optimizer.weightDecay = p.weightDecay
-    settings.optimizer.clipGradNorm = p.clipGradNorm
-    settings.optimizer.polyPower = p.polyPower
-    settings.optimizer.totalSteps = stepsPerEpoch * p.epochs
-    settings.segWeight = p.segWeight
-    settings.segWarmupSteps = p.segWarmupEpochs * stepsPerEpoch
-    settings.fsr = p.method == .fsr
-    settings.fsrClassWeight = p.fsrClassWeight
-    settings.fsrPatchWeight = p.fsrPatchWeight
-    settings.maskRatio = p.maskRatio
-    settings.uncertainLow = p.uncertainLow
-    settings.uncertainHigh = p.uncertainHigh
-    settings.maskBlock = p.maskBlock
-    settings.randomMaskFraction = p.randomMaskFraction
-    settings.teacherMomentum = p.teacherMomentum
-    settings.teacherTempWarmup = p.teacherTempWarmup
-    settings.teacherTemp = p.teacherTemp
-    settings.teacherTempWarmupFraction = p.teacherTempWarmupFraction
-    settings.studentTemp = p.studentTemp
-    settings.centreMomentum = p.centreMomentum
+    settings.optimizer = p.optimizer(totalSteps: stepsPerEpoch * p.epochs)
+    settings.segWeight = s.segWeight
+    settings.segWarmupSteps = s.segWarmupEpochs * stepsPerEpoch
+    settings.fsr = s.method == .fsr
+    settings.fsrClassWeight = s.fsrClassWeight
+    settings.fsrPatchWeight = s.fsrPatchWeight
+    settings.maskRatio = s.maskRatio
+    settings.uncertainLow = s.uncertainLow
+    settings.uncertainHigh = s.uncertainHigh
+    settings.maskBlock = s.maskBlock
+    settings.randomMaskFraction = s.randomMaskFraction
+    settings.teacherMomentum = s.teacherMomentum
+    settings.teacherTempWarmup = s.teacherTempWarmup
+    settings.teacherTemp = s.teacherTemp
+    settings.teacherTempWarmupFraction = s.teacherTempWarmupFraction
+    settings.studentTemp = s.studentTemp
+    settings.centreMomentum = s.centreMomentum
     var confident = ConfidentLabels()
-    confident.highBackground = Float(p.highBackground)
-    confident.lowBackground = Float(p.lowBackground)
-    confident.par.iterations = p.parIterations
+    confident.highBackground = Float(s.highBackground)
+    confident.lowBackground = Float(s.lowBackground)
+    confident.par.iterations = s.parIterations
     var head: FSRHead? = nil
     if settings.fsr {
-        let config = FSRHeadConfig(dim: backbone.config.dim, heads: backbone.config.heads, blocks: p.aggregationBlocks,
-                                   mlpRatio: backbone.config.mlpRatio, projectorHidden: p.projectorHidden,
-                                   bottleneck: p.projectorBottleneck, outDim: p.projectorOutDim)
+        let config = FSRHeadConfig(dim: backbone.config.dim, heads: backbone.config.heads, blocks: s.aggregationBlocks,
+                                   mlpRatio: backbone.config.mlpRatio, projectorHidden: s.projectorHidden,
+                                   bottleneck: s.projectorBottleneck, outDim: s.projectorOutDim)
         do { head = try FSRHead(config: config, seed: UInt64(p.seed) &+ 2) } catch { throw StageError("FSR head: \(error)") }
     }
     let run: SingleStageRun
@@ -189,7 +160,7 @@ StageMain.run(spec, parameters: Params.self) { ctx in
 
     let session = SegmentationSession(
         name: "single-stage-train", network: network,
-        schedule: SegmentationSchedule(epochs: p.epochs, batchSize: p.batchSize, valEvery: p.valEvery, samples: p.samples),
+        schedule: p.schedule,
         predictor: SegmentationPredictor(network: network, trainSize: size, scales: p.evalScales, flip: p.evalFlip, normalization: normalization),
         valSplit: valSplit)
     try session.train(itemCount: images.count, seed: p.seed,

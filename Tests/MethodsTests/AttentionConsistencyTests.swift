@@ -1,11 +1,5 @@
 import Primitives
 @testable import ACR
-@testable import AReAM
-@testable import CAM
-@testable import CAMRefinement
-@testable import FSR
-@testable import SingleStage
-import Localization
 import TestSupport
 import XCTest
 @testable import Engine
@@ -202,35 +196,7 @@ final class AttentionConsistencyTests: XCTestCase {
 
     // MARK: Through the model
 
-    /// Every parameter moved away from the init so that a missing term changes the outputs.
-    func randomisedModel(_ config: ViTConfig, seed: UInt64) -> ViTOf<Double> {
-        let m = try! ViTOf<Double>(config: config, seed: seed)
-        var rng = SplitMix64(seed: seed + 100)
-        for p in m.parameterList {
-            if p.name.hasSuffix("norm1.weight") || p.name.hasSuffix("norm2.weight") || p.name == "norm.weight" {
-                for i in 0..<p.value.count { p.value.data[i] = 1 + 0.2 * rng.normal() }
-            } else if p.value.rank == 1 {
-                p.value.fillNormal(std: 0.1, rng: &rng)
-            } else if p.name == "cls_token" || p.name == "pos_embed" {
-                p.value.fillNormal(std: 0.5, rng: &rng)
-            } else {
-                p.value.fillNormal(std: 1.5 / Double(p.value.count / p.value.shape[0]).squareRoot(), rng: &rng)
-            }
-        }
-        return m
-    }
-
-    /// multilabel soft margin and its gradient, written out.
-    func softMargin(_ z: DTensor, _ y: DTensor) -> (Double, DTensor) {
-        let g = DTensor(shape: z.shape)
-        var s = 0.0
-        for i in 0..<z.count {
-            let v = z.data[i]
-            s += y.data[i] * log(1 + exp(-v)) + (1 - y.data[i]) * log(1 + exp(v))
-            g.data[i] = (1 / (1 + exp(-v)) - y.data[i]) / Double(z.count)
-        }
-        return (s / Double(z.count), g)
-    }
+    func randomisedModel(_ config: ViTConfig, seed: UInt64) -> ViTOf<Double> { randomisedViT(config, seed: seed, matrixScale: 1.5) }
 
     /// The full ACR loss L_cls(view 1) + L_cls(view 2) + alpha L_act + beta L_aff of a tiny
     /// 2-layer ViT: analytic parameter gradients (both views' backward, attention gradients

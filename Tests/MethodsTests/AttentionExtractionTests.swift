@@ -1,11 +1,5 @@
 import Primitives
-@testable import ACR
-@testable import AReAM
 @testable import CAM
-@testable import CAMRefinement
-@testable import FSR
-@testable import SingleStage
-import Localization
 import TestSupport
 import XCTest
 @testable import Engine

@@ -1,13 +1,8 @@
 import Datasets
 import Foundation
 import Imaging
-@testable import ACR
 @testable import AReAM
-@testable import CAM
 @testable import CAMRefinement
-@testable import FSR
-@testable import SingleStage
-import Localization
 import TestSupport
 import XCTest
 @testable import Localization

@@ -75,3 +75,35 @@ public func maxAbs<A: EngineScalar>(_ a: TensorOf<A>) -> Double {
     for i in 0..<a.count { m = max(m, abs(Double(a.data[i]))) }
     return m
 }
+
+/// A Double ViT with every parameter moved away from the init (non-zero biases, LayerNorm affine
+/// != identity), so that a missing or misplaced term changes the outputs. Weight matrices get
+/// std `matrixScale` / sqrt(fan-in).
+public func randomisedViT(_ config: ViTConfig, seed: UInt64, matrixScale: Double = 1) -> ViTOf<Double> {
+    let m = try! ViTOf<Double>(config: config, seed: seed)
+    var rng = SplitMix64(seed: seed + 100)
+    for p in m.parameterList {
+        if p.name.hasSuffix("norm1.weight") || p.name.hasSuffix("norm2.weight") || p.name == "norm.weight" {
+            for i in 0..<p.value.count { p.value.data[i] = 1 + 0.2 * rng.normal() }
+        } else if p.value.rank == 1 {
+            p.value.fillNormal(std: 0.1, rng: &rng)
+        } else if p.name == "cls_token" || p.name == "pos_embed" || p.name == "mask_token" {
+            p.value.fillNormal(std: 0.5, rng: &rng)
+        } else {
+            p.value.fillNormal(std: matrixScale / Double(p.value.count / p.value.shape[0]).squareRoot(), rng: &rng)
+        }
+    }
+    return m
+}
+
+/// multilabel_soft_margin(z, y) = mean over batch and classes of softplus terms, and its gradient.
+public func softMargin(_ z: DTensor, _ y: DTensor) -> (Double, DTensor) {
+    let g = DTensor(shape: z.shape)
+    var s = 0.0
+    for i in 0..<z.count {
+        let v = z.data[i]
+        s += y.data[i] * log(1 + exp(-v)) + (1 - y.data[i]) * log(1 + exp(v))
+        g.data[i] = (1 / (1 + exp(-v)) - y.data[i]) / Double(z.count)
+    }
+    return (s / Double(z.count), g)
+}
