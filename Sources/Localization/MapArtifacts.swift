@@ -98,8 +98,11 @@ public final class ClassMapsWriter {
     private let maps: RaggedArrayWriter<Float>
     private let classes: RaggedArrayWriter<Int32>
 
+    private let classCount: Int
+
     public init(_ artifact: ArtifactWriter, context: MapContext, description: String) throws {
         self.artifact = artifact
+        classCount = context.classNames.count
         let root = artifact.root
         try context.write(to: root)
         try root.setAttribute("map_description", description)
@@ -109,9 +112,17 @@ public final class ClassMapsWriter {
         classes = try RaggedArrayWriter<Int32>(in: root, name: "classes", rank: 1, chunkElements: 4096)
     }
 
+    /// Class maps are per-class normalised scores: every value in [0, 1] (min-max normalised by
+    /// their producers, `AffinityRefinement.normalise`), class ids in 1...C of the context.
     public func append(imageIndex: Int, imageHeight: Int, imageWidth: Int, maps entry: ClassMaps) throws {
         if let bad = entry.values.first(where: { !$0.isFinite }) {
             throw StoreError(path: artifact.destination, "map of image \(imageIndex) contains \(nonFinite(bad))")
+        }
+        if let bad = entry.values.first(where: { !(0...1).contains($0) }) {
+            throw StoreError(path: artifact.destination, "map of image \(imageIndex) holds \(bad); class maps are normalised to [0, 1]")
+        }
+        if let bad = entry.classes.first(where: { !(1...classCount).contains($0) }) {
+            throw StoreError(path: artifact.destination, "map of image \(imageIndex) names class \(bad); the classes are 1...\(classCount)")
         }
         try indices.append([Int64(imageIndex)])
         try sizes.append([Int32(imageHeight), Int32(imageWidth)])
@@ -160,6 +171,9 @@ public final class ClassMapsReader {
         }
         if let bad = array.values.first(where: { !$0.isFinite }) {
             throw StoreError(path: artifact.path, "entry \(n) (image \(imageIndices[n])) contains \(nonFinite(bad))")
+        }
+        if let bad = ids.first(where: { !(1...context.classNames.count).contains($0) }) {
+            throw StoreError(path: artifact.path, "entry \(n) (image \(imageIndices[n])) names class \(bad); the artifact's classes are 1...\(context.classNames.count)")
         }
         return ClassMaps(classes: ids, height: array.shape[1], width: array.shape[2], values: array.values)
     }

@@ -48,4 +48,24 @@ final class MapArtifactTests: XCTestCase {
             XCTAssertEqual("\(error)", "\(path): map of image 4 contains nan")
         }
     }
+
+    /// The writer owns the class maps' invariants: values in [0, 1], class ids in 1...C.
+    func testUnnormalisedMapsAndUnknownClassesAreRefusedWithTheFile() throws {
+        let path = temporary("cams.h5")
+        let writer = try ClassMapsWriter(try ArtifactWriter(path: path, provenance: Provenance(kind: .cams, formatVersion: 1, producer: "t")),
+                                         context: MapContext(split: "val", classNames: ["a", "b"], datasetHash: "x"), description: "t")
+        for (maps, message) in [
+            (ClassMaps(classes: [1], height: 1, width: 2, values: [0.5, 1.25]), "map of image 4 holds 1.25; class maps are normalised to [0, 1]"),
+            (ClassMaps(classes: [2], height: 1, width: 2, values: [-0.5, 1]), "map of image 4 holds -0.5; class maps are normalised to [0, 1]"),
+            (ClassMaps(classes: [3], height: 1, width: 2, values: [0, 1]), "map of image 4 names class 3; the classes are 1...2"),
+            (ClassMaps(classes: [0], height: 1, width: 2, values: [0, 1]), "map of image 4 names class 0; the classes are 1...2"),
+        ] {
+            XCTAssertThrowsError(try writer.append(imageIndex: 4, imageHeight: 2, imageWidth: 2, maps: maps)) { error in
+                XCTAssertEqual("\(error)", "\(path): \(message)")
+            }
+        }
+        // The bounds themselves are valid.
+        XCTAssertNoThrow(try writer.append(imageIndex: 4, imageHeight: 2, imageWidth: 2,
+                                           maps: ClassMaps(classes: [1, 2], height: 1, width: 2, values: [0, 1, 1, 0])))
+    }
 }
