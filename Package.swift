@@ -95,7 +95,7 @@ let package = Package(
             "Runner", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 
-        .testTarget(name: "ArtifactStoreTests", dependencies: ["ArtifactStore"]),
+        .testTarget(name: "ArtifactStoreTests", dependencies: ["ArtifactStore", "TestSupport"]),
         .testTarget(name: "ImagingTests", dependencies: ["Imaging", "Primitives"]),
         .testTarget(name: "DatasetsTests", dependencies: ["Datasets", "ArtifactStore", "Imaging", "Primitives"]),
         .testTarget(name: "StageKitTests", dependencies: ["StageKit"]),

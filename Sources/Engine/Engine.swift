@@ -52,15 +52,6 @@ import Primitives
 /// forward would trap), `config.forwardFLOPs()`. `maskToken: true` in the config adds a
 /// `mask_token` parameter that `patchMask` [B, N] substitutes for patch embeddings.
 ///
-/// **Single stage / FSR** (`Segmentation/SingleStageTrainer.swift`, `SelfDistillation.swift`).
-/// `SingleStageTrainer(network:head:settings:seed:)` + `trainStep(view:secondView:labels:pseudoLabels:)`:
-/// classification on both heads, pseudo-label segmentation after `segWarmupSteps` (the caller
-/// turns the forward's CAMs into labels), and with `settings.fsr` the FSR terms against an EMA
-/// teacher (`teacher`, `teacherHead`, `classCentre`, `patchCentre`). `FSRHeadOf` (`aggregate` /
-/// `aggregateBackward`: masked class-attention blocks; `project` / `projectBackward`: DINO
-/// projector), `SelfDistillation` (`teacherProbabilities`, `crossEntropy`, `updateCentre`),
-/// `UncertaintyMasking` (`normalisedCAM`, `select`).
-///
 /// **Pretrained stem (hybrid ViT).** `ViTConfig.stem` "patch" (default) or "efficientnet_lite0":
 /// ``PretrainedStemOf`` (`PretrainedStem.load(path:inputNormalization:)`, file layout in
 /// `PretrainedStem.swift`) is a frozen, forward-only EfficientNet-Lite0 stem + blocks 0-4 (stride
@@ -81,8 +72,8 @@ import Primitives
 /// ``TrainingObjective`` whose `contribute` runs after the batch's forward and classification
 /// losses: it may forward and back-propagate other inputs and adds gradients on the batch's
 /// outputs (`grads.attnProbs[l]`, ...); its named terms come back in `StepResult.terms`.
-/// ``ACRObjective`` (ACR): a ``ConsistencyView`` (flip, rot90) of the batch, its classification
-/// losses, and ``AttentionConsistency`` (L_act, L_aff over all layers, head-averaged).
+/// The papers' objectives (ACR's consistency, AReAM's affinity loss) and single-stage training
+/// (FSR) live in Sources/Methods, one module per family; nothing here is paper-specific.
 ///
 /// **Threading.** OpenBLAS owns its threads for the big products; the attention core spreads
 /// its (batch, head) products over our own threads with OpenBLAS pinned to one thread meanwhile

@@ -615,7 +615,7 @@ extension VarOf {
     }
 }
 
-/// Token permutations for the two-view consistency losses (ACR).
+/// Token permutations of the patch grid under flips and rotations (two-view consistency losses).
 public enum TokenOrder {
     /// Token indices after a horizontal flip of a gridH x gridW patch grid (row-major patches,
     /// preceded by the class token when `classToken`). The permutation is its own inverse, so

@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 import XCTest
 @testable import ArtifactStore
 
@@ -19,17 +20,10 @@ final class H5pyInteropTests: XCTestCase {
     }
 
     func runScript(_ arguments: [String]) throws -> String {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: try python)
-        process.arguments = [Self.packageRoot.appendingPathComponent("Scripts/h5_interop.py").path] + arguments
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = pipe
-        try process.run()
-        let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
-        XCTAssertEqual(process.terminationStatus, 0, output)
-        return output
+        let result = try ProcessRunner.run(URL(fileURLWithPath: try python),
+                                           [Self.packageRoot.appendingPathComponent("Scripts/h5_interop.py").path] + arguments)
+        XCTAssertEqual(result.status, 0, result.output)
+        return result.output
     }
 
     func temporaryPath(_ name: String) -> String {
