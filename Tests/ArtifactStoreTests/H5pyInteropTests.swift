@@ -7,17 +7,8 @@ import XCTest
 /// hdf5plugin's zstd open here. `make test` provides the Python (WSSS_PYTHON, a venv with h5py and
 /// hdf5plugin); without it these tests fail rather than pass silently.
 final class H5pyInteropTests: XCTestCase {
-    static let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-
-    var python: String {
-        get throws {
-            let candidates: [String?] = [ProcessInfo.processInfo.environment["WSSS_PYTHON"], Self.packageRoot.appendingPathComponent(".venv/bin/python").path]
-            guard let found = candidates.compactMap({ $0 }).first(where: { FileManager.default.isExecutableFile(atPath: $0) }) else {
-                throw StoreError(path: ".venv/bin/python", "no Python with h5py: run `make test` (it creates the venv) or set WSSS_PYTHON")
-            }
-            return found
-        }
-    }
+    static let packageRoot = Repository.root
+    var python: String { get throws { try Repository.python } }
 
     func runScript(_ arguments: [String]) throws -> String {
         let result = try ProcessRunner.run(URL(fileURLWithPath: try python),

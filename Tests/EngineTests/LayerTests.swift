@@ -43,6 +43,36 @@ final class FastMathTests: XCTestCase {
         XCTAssertEqual(FastMath.tanh(0), 0)
     }
 
+    /// Absolute error of the polynomial erf (A&S 7.1.26 with the fast exp) against libm over [-10, 10],
+    /// and of the Float exact GELU built on it against x Phi(x) in Double.
+    func testFastErfAndExactGeluErrorBounds() {
+        var worst = 0.0, at: Float = 0
+        var x: Float = -10
+        while x <= 10 {
+            let err = abs(Double(FastMath.erf(x)) - Foundation.erf(Double(x)))
+            if err > worst { worst = err; at = x }
+            x += 1.0e-4 * 1.37
+        }
+        // A&S 7.1.26 is within 1.5e-7 in exact arithmetic; in float, 1 - y t e^(-x^2) cancels near
+        // 0 (measured 5.0e-7 at x = 0.03).
+        XCTAssertLessThan(worst, 6e-7, "max absolute error \(worst) at \(at)")
+        print("fast erf: max absolute error \(worst) at x = \(at)")
+        XCTAssertEqual(FastMath.erf(0), 0, accuracy: 1e-9)
+        XCTAssertEqual(FastMath.erf(-2), -FastMath.erf(2))
+        let n = 20001
+        let xs = Tensor(shape: [n]), ys = Tensor(shape: [n])
+        for i in 0..<n { xs.data[i] = Float(-10 + 20 * Double(i) / Double(n - 1)) }
+        Kernels.geluErfForward(out: ys.data, inp: xs.data, count: n)
+        var gelu = 0.0
+        for i in 0..<n {
+            let v = Double(xs.data[i])
+            gelu = max(gelu, abs(Double(ys.data[i]) - 0.5 * v * (1 + Foundation.erf(v / 2.0.squareRoot()))))
+        }
+        // |x| * 0.5 * erf error (<= 10 * 0.5 * 3e-7) plus float rounding.
+        XCTAssertLessThan(gelu, 2e-6)
+        print("float exact GELU: max absolute error \(gelu) on [-10, 10]")
+    }
+
     /// The Float GELU (fast tanh) against the tanh-GELU formula evaluated in Double.
     func testFloatGeluMatchesFormula() {
         let n = 20001
@@ -134,6 +164,36 @@ final class LayerGradientTests: XCTestCase {
         let dx = DTensor(shape: [n])
         Kernels.geluBackward(dInp: dx.data, dOut: probe.data, inp: x.data, count: n)
         checkGradient("gelu", input: x, analytic: dx) { fwd(); return dot(out, probe) }
+    }
+
+    func testExactGeluGradients() {
+        var rng = SplitMix64(seed: 13)
+        let n = 37
+        let x = randomTensor([n], &rng, std: 2), out = DTensor(shape: [n]), probe = randomTensor([n], &rng)
+        let fwd = { Kernels.geluErfForward(out: out.data, inp: x.data, count: n) }
+        fwd()
+        for i in 0..<n {
+            let v = x.data[i]
+            XCTAssertEqual(out.data[i], 0.5 * v * (1 + erf(v / 2.0.squareRoot())), accuracy: 1e-14)
+        }
+        let dx = DTensor(shape: [n])
+        Kernels.geluErfBackward(dInp: dx.data, dOut: probe.data, inp: x.data, count: n)
+        checkGradient("exact gelu", input: x, analytic: dx) { fwd(); return dot(out, probe) }
+    }
+
+    func testLayerScaleGradients() {
+        var rng = SplitMix64(seed: 14)
+        let rows = 5, dim = 7
+        let x = randomTensor([rows, dim], &rng), gamma = randomTensor([dim], &rng), out = DTensor(shape: [rows, dim])
+        let probe = randomTensor([rows, dim], &rng)
+        let fwd = { Kernels.scaleColumnsForward(out: out.data, inp: x.data, gamma: gamma.data, rows: rows, dim: dim) }
+        fwd()
+        XCTAssertEqual(out.data[2 * dim + 3], gamma.data[3] * x.data[2 * dim + 3], accuracy: 1e-15)
+        let dx = DTensor(shape: [rows, dim]), dGamma = DTensor(shape: [dim])
+        Kernels.scaleColumnsBackward(dInp: dx.data, dGamma: dGamma.data, dOut: probe.data, inp: x.data, gamma: gamma.data, rows: rows, dim: dim)
+        let loss = { fwd(); return dot(out, probe) }
+        checkGradient("layer scale dx", input: x, analytic: dx, loss: loss)
+        checkGradient("layer scale dgamma", input: gamma, analytic: dGamma, loss: loss)
     }
 
     func testSoftmaxRowsSumToOneAndGradients() {

@@ -67,6 +67,22 @@ final class ViTTests: XCTestCase {
         checkModel(randomisedModel(c, seed: 3), imageSize: 16, training: true)
     }
 
+    /// DINOv2's block: LayerScale gammas on both branches and the exact GELU, with drop-path.
+    func testWholeModelGradientsWithLayerScaleAndExactGelu() {
+        var c = Self.tiny
+        c.layerScale = true
+        c.gelu = .erf
+        checkModel(randomisedModel(c, seed: 6), imageSize: 16, training: false)
+        c.dropPathRate = 0.5
+        checkModel(randomisedModel(c, seed: 3), imageSize: 16, training: true)
+        let m = randomisedModel(c, seed: 6)
+        XCTAssertEqual(m.parameterList.map(\.name).filter { $0.hasPrefix("blocks.0.") },
+                       ["blocks.0.norm1.weight", "blocks.0.norm1.bias", "blocks.0.attn.qkv.weight", "blocks.0.attn.qkv.bias",
+                        "blocks.0.attn.proj.weight", "blocks.0.attn.proj.bias", "blocks.0.ls1.gamma", "blocks.0.norm2.weight",
+                        "blocks.0.norm2.bias", "blocks.0.mlp.fc1.weight", "blocks.0.mlp.fc1.bias", "blocks.0.mlp.fc2.weight",
+                        "blocks.0.mlp.fc2.bias", "blocks.0.ls2.gamma"])
+    }
+
     func testWholeModelGradientsWithMaskToken() {
         var c = Self.tiny
         c.maskToken = true

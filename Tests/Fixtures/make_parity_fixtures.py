@@ -10,7 +10,11 @@ the gradient with respect to each layer's attention probabilities, two torch.opt
 four parameter groups (backbone / heads x decay / no decay), and logits at a larger input size
 (position embedding bilinearly interpolated, align_corners=False).
 
-Run: python Tests/Fixtures/make_parity_fixtures.py [OUTPUT]   (needs torch, h5py, hdf5plugin, numpy)
+`--variant dinov2` writes Tests/EngineTests/Fixtures/vit_parity_dinov2.h5 instead: the same model
+with DINOv2's block (LayerScale gammas `blocks.N.ls1.gamma` / `ls2.gamma`, exact erf GELU).
+
+Run: python Tests/Fixtures/make_parity_fixtures.py [--variant deit|dinov2] [OUTPUT]
+(needs torch, h5py, hdf5plugin, numpy)
 """
 import math
 import os
@@ -60,10 +64,17 @@ def param_np(name, t):
 
 
 def main():
-    out_path = sys.argv[1] if len(sys.argv) > 1 else "Tests/EngineTests/Fixtures/vit_parity.h5"
+    args = sys.argv[1:]
+    variant = "deit"
+    if args[:1] == ["--variant"]:
+        variant, args = args[1], args[2:]
+    assert variant in ("deit", "dinov2"), variant
+    dinov2 = variant == "dinov2"
+    default = "Tests/EngineTests/Fixtures/vit_parity_dinov2.h5" if dinov2 else "Tests/EngineTests/Fixtures/vit_parity.h5"
+    out_path = args[0] if args else default
     torch.manual_seed(SEED)
     gen = torch.Generator().manual_seed(SEED)
-    model = ViT(IMAGE, PATCH, DIM, DEPTH, HEADS, MLP, CLASSES)
+    model = ViT(IMAGE, PATCH, DIM, DEPTH, HEADS, MLP, CLASSES, layer_scale=dinov2, gelu="erf" if dinov2 else "tanh")
     for block in model.blocks:
         block.attn.keep = True
     randomise(model, gen)
@@ -97,6 +108,8 @@ def main():
                                interp_image_size=INTERP_IMAGE).items():
             cfg.attrs[key] = value
         cfg.attrs["layernorm_eps"] = 1e-6
+        cfg.attrs["layer_scale"] = int(dinov2)
+        cfg.attrs["gelu"] = "erf" if dinov2 else "tanh"
         cfg.attrs["torch_version"] = str(torch.__version__)
         cfg.attrs["generator"] = "Tests/Fixtures/make_parity_fixtures.py"
 

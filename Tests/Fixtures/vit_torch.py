@@ -44,26 +44,40 @@ class Attention(nn.Module):
 
 
 class Mlp(nn.Module):
-    def __init__(self, dim, hidden):
+    def __init__(self, dim, hidden, gelu="tanh"):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
         self.fc2 = nn.Linear(hidden, dim)
+        self.approximate = "tanh" if gelu == "tanh" else "none"  # "erf": the exact form
 
     def forward(self, x):
-        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+        return self.fc2(F.gelu(self.fc1(x), approximate=self.approximate))
+
+
+class LayerScale(nn.Module):
+    """timm's LayerScale: a per-channel gamma on a residual branch (DINOv2, CaiT)."""
+
+    def __init__(self, dim, init_values=1e-5):
+        super().__init__()
+        self.gamma = nn.Parameter(init_values * torch.ones(dim))
+
+    def forward(self, x):
+        return x * self.gamma
 
 
 class Block(nn.Module):
-    def __init__(self, dim, heads, ratio, fused=False):
+    def __init__(self, dim, heads, ratio, fused=False, layer_scale=False, gelu="tanh"):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=LAYERNORM_EPS)
         self.attn = Attention(dim, heads, fused)
+        self.ls1 = LayerScale(dim) if layer_scale else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=LAYERNORM_EPS)
-        self.mlp = Mlp(dim, ratio * dim)
+        self.mlp = Mlp(dim, ratio * dim, gelu)
+        self.ls2 = LayerScale(dim) if layer_scale else nn.Identity()
 
     def forward(self, x):
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+        x = x + self.ls1(self.attn(self.norm1(x)))
+        return x + self.ls2(self.mlp(self.norm2(x)))
 
 
 class PatchEmbed(nn.Module):
@@ -121,7 +135,8 @@ class StemEmbed(nn.Module):
 
 
 class ViT(nn.Module):
-    def __init__(self, image_size, patch_size, dim, depth, heads, mlp_ratio, num_classes, fused=False, stem=None):
+    def __init__(self, image_size, patch_size, dim, depth, heads, mlp_ratio, num_classes, fused=False, stem=None,
+                 layer_scale=False, gelu="tanh"):
         super().__init__()
         self.patch = patch_size
         self.dim = dim
@@ -129,7 +144,7 @@ class ViT(nn.Module):
         self.patch_embed = PatchEmbed(patch_size, dim) if stem is None else StemEmbed(stem, dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, self.grid * self.grid + 1, dim))
-        self.blocks = nn.ModuleList([Block(dim, heads, mlp_ratio, fused) for _ in range(depth)])
+        self.blocks = nn.ModuleList([Block(dim, heads, mlp_ratio, fused, layer_scale, gelu) for _ in range(depth)])
         self.norm = nn.LayerNorm(dim, eps=LAYERNORM_EPS)
         self.cam_head = nn.Conv2d(dim, num_classes, kernel_size=1, bias=False)
         self.cls_head = nn.Linear(dim, num_classes)

@@ -56,3 +56,20 @@ public enum StemFixture {
         return d
     }
 }
+
+/// The repository and the Python the tests run their reference scripts with: WSSS_PYTHON (which
+/// `make test` sets to its venv), else the repository's .venv. Missing, the calling test fails
+/// rather than passes silently.
+public enum Repository {
+    public static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+
+    public static var python: String {
+        get throws {
+            let candidates: [String?] = [ProcessInfo.processInfo.environment["WSSS_PYTHON"], root.appendingPathComponent(".venv/bin/python").path]
+            guard let found = candidates.compactMap({ $0 }).first(where: { FileManager.default.isExecutableFile(atPath: $0) }) else {
+                throw StoreError(path: ".venv/bin/python", "no Python for the reference scripts: run `make test` (it creates the venv) or set WSSS_PYTHON")
+            }
+            return found
+        }
+    }
+}
