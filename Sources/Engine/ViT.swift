@@ -279,6 +279,12 @@ public final class ViTOf<S: EngineScalar> {
     public let parameterList: [ParameterOf<S>]
     /// Seeded stream for drop-path masks.
     public var rng: SplitMix64
+    /// Layer-wise freezing for fine-tuning: the patch embedding, class token, position embedding
+    /// and the first `frozenBlocks` blocks are not trained (`trainableParameters` leaves them out)
+    /// and the backward stops above them, unless attention gradients of every layer are asked for.
+    public var frozenBlocks = 0 {
+        didSet { precondition(frozenBlocks >= 0 && frozenBlocks <= config.depth, "frozenBlocks \(frozenBlocks) outside 0...\(config.depth)") }
+    }
 
     struct Block {
         let norm1W, norm1B, qkvW, qkvB, projW, projB, norm2W, norm2B, fc1W, fc1B, fc2W, fc2B: ParameterOf<S>
@@ -368,6 +374,19 @@ public final class ViTOf<S: EngineScalar> {
     }
 
     public var parameterCount: Int { parameterList.reduce(0) { $0 + $1.value.count } }
+
+    /// Whether a parameter is frozen by `frozenBlocks` (the embedding and the first blocks).
+    public func isFrozen(_ name: String) -> Bool {
+        guard frozenBlocks > 0 else { return false }
+        if name.hasPrefix("patch_embed.") || name == "cls_token" || name == "pos_embed" { return true }
+        guard name.hasPrefix("blocks."), let index = Int(name.dropFirst(7).prefix { $0 != "." }) else { return false }
+        return index < frozenBlocks
+    }
+
+    /// The parameters an optimiser updates: all but the frozen ones, in PyTorch order.
+    public var trainableParameters: [(name: String, value: TensorOf<S>, grad: TensorOf<S>)] {
+        parameterList.filter { !isFrozen($0.name) }.map { ($0.name, $0.value, $0.grad) }
+    }
 
     public func parameter(named name: String) -> ParameterOf<S>? {
         parameterList.first { $0.name == name }
@@ -700,8 +719,11 @@ public final class ViTOf<S: EngineScalar> {
         var probGrads: [TensorOf<S>] = []
         if grads.recordAttentionGrads { probGrads = (0..<c.depth).map { _ in TensorOf(shape: [B, c.heads, T, T]) } }
 
-        // Blocks in reverse; dx holds d(loss)/d(residual stream) and is updated in place.
-        for l in stride(from: c.depth - 1, through: 0, by: -1) {
+        // Blocks in reverse; dx holds d(loss)/d(residual stream) and is updated in place. Frozen
+        // blocks are skipped (nothing below them trains), unless every layer's attention gradient
+        // is asked for.
+        let lowest = grads.recordAttentionGrads ? 0 : frozenBlocks
+        for l in stride(from: c.depth - 1, through: lowest, by: -1) {
             let blk = blocks[l]
             let scales = a.dropScales[l]
             // MLP branch: out = mid + s2 * fc2(gelu(fc1(ln2(mid)))).
@@ -760,7 +782,7 @@ public final class ViTOf<S: EngineScalar> {
             if let gh = grads.hiddenStates[l] { dx.add(gh) }
         }
         a.attnProbsGrad = probGrads
-        guard pg else { return }
+        guard pg, lowest == 0 else { return }
 
         // Embedding: x0 = [cls; patches W^T + b] + pos.
         let dPos = a.posUsed == nil ? posEmbed.grad : TensorOf<S>(shape: [T, D])

@@ -32,7 +32,8 @@ public final class ClassifierSession {
     /// stem, normalisation must match), or fresh with a pretrained stem from `stemPath` where
     /// `config` names one. Returns the checkpoint it came from.
     public static func makeModel(config: ViTConfig, normalization: Normalization, classNames: [String], initPath: String?,
-                                 stemPath: String?, seed: UInt64, xavier: Bool, log: Logger) throws -> (ViT, Checkpoint?) {
+                                 stemPath: String?, pretrained: PretrainedViTWeights? = nil, seed: UInt64, xavier: Bool,
+                                 log: Logger) throws -> (ViT, Checkpoint?) {
         if let initPath {
             let checkpoint = try Checkpoint(path: initPath)
             var expected = checkpoint.config
@@ -49,6 +50,12 @@ public final class ClassifierSession {
             if let stemPath { log.warning("stem_weights \(stemPath) is not used: the stem comes from the init checkpoint") }
             log.info("initialised from \(initPath)")
             return (try checkpoint.makeModel(), checkpoint)
+        }
+        if let pretrained {
+            if let stemPath { log.warning("stem_weights \(stemPath) is not used with a pretrained ViT") }
+            log.info("backbone \(pretrained.architecture) from \(pretrained.path), heads fresh")
+            return (try pretrained.makeModel(imageSize: config.imageSize, numClasses: config.numClasses, seed: seed,
+                                             dropPathRate: config.dropPathRate), nil)
         }
         var stem: PretrainedStem?
         if config.hasPretrainedStem {
@@ -85,7 +92,7 @@ public final class ClassifierSession {
         guard stored == settings else {
             throw StageError("\(checkpoint.path): resuming needs the same optimiser settings and schedule; the checkpoint has \(stored), the parameters give \(settings)")
         }
-        let state = try checkpoint.optimizerMoments(names: trainer.model.parameters.map(\.name))
+        let state = try checkpoint.optimizerMoments(names: trainer.model.trainableParameters.map(\.name))
         do {
             try trainer.optimizer.restore(stepCount: state.step, moments: state.moments)
         } catch { throw StageError("\(checkpoint.path): \(error)") }
@@ -216,9 +223,11 @@ public final class ClassifierSession {
     public func withContents(_ contents: Checkpoint.Contents, saveOptimizerState: Bool, _ body: (Checkpoint.Contents) throws -> Void) throws {
         var contents = contents
         let model = trainer.model
-        let params = model.parameters
+        let params = model.trainableParameters
         let frozenTensors = model.frozenTensors
-        let frozen = frozenTensors.map { StoredTensor(name: $0.name, tensor: $0.value) }
+        // Frozen parameters (frozen_blocks) and the frozen stem go into every weight group as they are.
+        let frozen = model.parameters.filter { model.isFrozen($0.name) }.map { StoredTensor(name: $0.name, tensor: $0.value) }
+            + frozenTensors.map { StoredTensor(name: $0.name, tensor: $0.value) }
         contents.groups["weights"] = params.map { StoredTensor(name: $0.name, tensor: $0.value) } + frozen
         if let ema = trainer.ema {
             contents.groups["ema_weights"] = params.enumerated().map { StoredTensor(name: $1.name, shape: $1.value.shape, data: ema.average(of: $0).baseAddress!) } + frozen

@@ -32,6 +32,12 @@ enum InitScheme: String, ParameterChoice {
     case truncNormal = "trunc_normal", xavier
 }
 
+/// The transformer: trained from scratch (on the `stem`), or a pretrained ViT fine-tuned (the
+/// `vit_weights` input, made by `make pretrained`; its shape replaces depth/dim/heads/patch_size).
+enum Backbone: String, ParameterChoice {
+    case scratch, pretrained
+}
+
 enum Method: String, ParameterChoice {
     case baseline
     /// ACR: a second view, its classification losses and the attention consistency of all layers.
@@ -58,6 +64,10 @@ struct Params: StageParameters {
     /// "patch" (linear patch embedding) or a frozen pretrained convolutional stem
     /// ("efficientnet_lite0", weights from the `stem_weights` input; patch_size must be its stride 8).
     var stem = "efficientnet_lite0"
+    var backbone = Backbone.scratch
+    /// Layer-wise freezing: the embedding and the first n blocks are not trained (the backward
+    /// stops above them).
+    var frozenBlocks = 0
     // Optimisation.
     var epochs = 6
     var batchSize = 32
@@ -118,7 +128,8 @@ struct Params: StageParameters {
     init() {}
 
     enum CodingKeys: String, CodingKey {
-        case imageSize = "image_size", patchSize = "patch_size", depth, dim, heads, mlpRatio = "mlp_ratio", stem
+        case imageSize = "image_size", patchSize = "patch_size", depth, dim, heads, mlpRatio = "mlp_ratio", stem, backbone
+        case frozenBlocks = "frozen_blocks"
         case dropPathRate = "drop_path_rate", initScheme = "init_scheme", epochs, batchSize = "batch_size", lr, headLRMult = "head_lr_mult"
         case weightDecay = "weight_decay", beta1, beta2, eps, warmupEpochs = "warmup_epochs"
         case minLRFactor = "min_lr_factor", clipGradNorm = "clip_grad_norm", emaDecay = "ema_decay"
@@ -160,6 +171,7 @@ struct Params: StageParameters {
         guard normMean.count == 3, normStd.count == 3, normStd.allSatisfy({ $0 > 0 }) else {
             throw StageError("norm_mean and norm_std need 3 values each, std > 0")
         }
+        guard frozenBlocks >= 0 else { throw StageError("frozen_blocks must be >= 0, got \(frozenBlocks)") }
         guard threads >= 0, maxTrainImages >= 0, maxValImages >= 0 else { throw StageError("threads and max_*_images must be >= 0") }
         do { try augmentation.validate() } catch { throw StageError("\(error)") }
         guard acrAlpha >= 0, acrBeta >= 0, acrAlpha.isFinite, acrBeta.isFinite else { throw StageError("acr_alpha and acr_beta must be finite and >= 0") }
@@ -198,7 +210,7 @@ struct Params: StageParameters {
 let spec = StageSpec(
     name: "classify-train", version: "1.0.0",
     summary: "Trains a ViT classifier (CAM and class-token heads) on image-level labels; writes a checkpoint.",
-    inputs: ["dataset"], optionalInputs: ["init", "stem_weights"], outputs: ["checkpoint"])
+    inputs: ["dataset"], optionalInputs: ["init", "stem_weights", "vit_weights"], outputs: ["checkpoint"])
 
 StageMain.run(spec, parameters: Params.self) { ctx in
     let p = ctx.params
@@ -212,9 +224,18 @@ StageMain.run(spec, parameters: Params.self) { ctx in
 
     let dataset = try DatasetReader(path: ctx.input("dataset"))
     let normalization = Normalization(mean: p.normMean, std: p.normStd)
-    var config = ViTConfig(imageSize: p.imageSize, patchSize: p.patchSize, depth: p.depth, dim: p.dim, heads: p.heads,
-                           mlpRatio: p.mlpRatio, numClasses: dataset.numClasses, dropPathRate: p.dropPathRate, stem: p.stem)
+    var pretrained: PretrainedViTWeights?
+    switch (p.backbone, ctx.optionalInput("vit_weights")) {
+    case (.pretrained, let path?): pretrained = try PretrainedViTWeights(path: path)
+    case (.pretrained, nil): throw StageError("backbone=pretrained needs the weights: pass --in vit_weights=PATH (made by `make pretrained`)")
+    case (.scratch, let path?): ctx.log.warning("vit_weights \(path) is not used with backbone=scratch")
+    case (.scratch, nil): break
+    }
+    var config = pretrained?.config(imageSize: p.imageSize, numClasses: dataset.numClasses, dropPathRate: p.dropPathRate)
+        ?? ViTConfig(imageSize: p.imageSize, patchSize: p.patchSize, depth: p.depth, dim: p.dim, heads: p.heads,
+                     mlpRatio: p.mlpRatio, numClasses: dataset.numClasses, dropPathRate: p.dropPathRate, stem: p.stem)
     do { try config.validate() } catch { throw StageError("\(error)") }
+    guard p.frozenBlocks <= config.depth else { throw StageError("frozen_blocks \(p.frozenBlocks) exceeds the model's \(config.depth) blocks") }
 
     let train = try ClassificationBatcher(split: try dataset.split(p.trainSplit), limit: p.maxTrainImages, size: p.imageSize, normalization: normalization)
     let val = try ClassificationBatcher(split: try dataset.split(p.valSplit), limit: p.maxValImages, size: p.imageSize, normalization: normalization)
@@ -237,7 +258,8 @@ StageMain.run(spec, parameters: Params.self) { ctx in
 
     let (model, initCheckpoint) = try ClassifierSession.makeModel(
         config: config, normalization: normalization, classNames: dataset.classNames, initPath: ctx.optionalInput("init"),
-        stemPath: ctx.optionalInput("stem_weights"), seed: UInt64(p.seed), xavier: p.initScheme == .xavier, log: ctx.log)
+        stemPath: ctx.optionalInput("stem_weights"), pretrained: pretrained, seed: UInt64(p.seed), xavier: p.initScheme == .xavier, log: ctx.log)
+    model.frozenBlocks = p.frozenBlocks
     config = model.config
     let trainer = ClassifierTrainer(model: model, settings: settings, objective: try p.objective(depth: config.depth, stepsPerEpoch: stepsPerEpoch))
     let session = ClassifierSession(trainer: trainer, train: train, val: val, batch: batch, seed: p.seed)

@@ -59,7 +59,7 @@ public final class ClassifierTrainer {
         self.model = model
         self.settings = settings
         self.objective = objective
-        let params = model.parameters
+        let params = model.trainableParameters
         optimizer = AdamW(
             settings: .init(lr: settings.lr, beta1: settings.beta1, beta2: settings.beta2, eps: settings.eps),
             groups: ParameterGrouping.groups(weightDecay: settings.weightDecay, headLRMultiplier: settings.headLRMultiplier),
@@ -105,7 +105,7 @@ public final class ClassifierTrainer {
             throw TrainingError("loss became \(loss.isNaN ? "NaN" : "infinite") at optimiser step \(step + 1) (cam \(camLoss), cls \(clsLoss)\(terms.sorted { $0.key < $1.key }.map { ", \($0.key) \($0.value)" }.joined()))")
         }
         model.backward(acts, grads)
-        let params = model.parameters
+        let params = model.trainableParameters
         let norm = GradientTools.clipByGlobalNorm(params.map { ($0.grad.data, $0.grad.count) }, maxNorm: settings.clipGradNorm)
         guard norm.isFinite else {
             throw TrainingError("gradient norm became \(norm.isNaN ? "NaN" : "infinite") at optimiser step \(step + 1) (loss \(loss))")
@@ -131,7 +131,7 @@ public final class ClassifierTrainer {
     /// Runs `body` with the EMA weights loaded into the model, then restores the live weights.
     public func withEMAWeights<R>(_ body: () throws -> R) rethrows -> R {
         guard let ema else { return try body() }
-        let params = model.parameters
+        let params = model.trainableParameters
         let saved = params.map { Array(UnsafeBufferPointer(start: $0.value.data, count: $0.value.count)) }
         for (index, p) in params.enumerated() {
             p.value.data.update(from: ema.average(of: index).baseAddress!, count: p.value.count)
