@@ -82,7 +82,7 @@ endif
 
 # The main job: every demo pipeline (they share data and, where the recipe is the same, the
 # classifier and seeds through the cache), then Artifacts/demo/summary.json and summary.md.
-demo: build $(STEM_WEIGHTS)
+demo: build pretrained
 	@for p in $(DEMO_PIPELINES); do $(BIN)/wsss run $$p $(DEMO_SET) || exit 1; done
 	$(BIN)/wsss summary $(DEMO_PIPELINES) $(DEMO_SET) --out Artifacts/demo
 
@@ -90,7 +90,7 @@ demo: build $(STEM_WEIGHTS)
 # deviation per summary field: Artifacts/compare/compare.md and compare.json. Seed 0 is the demo's
 # own run (cached after `make demo`); seeds 1 and 2 are a whole demo each (~27 min on 2 cores).
 COMPARE_SEEDS := 0 1 2
-compare: build $(STEM_WEIGHTS)
+compare: build pretrained
 	@for s in $(COMPARE_SEEDS); do \
 	  for p in $(DEMO_PIPELINES); do $(BIN)/wsss run $$p $(DEMO_SET) --set seed=$$s || exit 1; done; \
 	  $(BIN)/wsss summary $(DEMO_PIPELINES) $(DEMO_SET) --set seed=$$s --out Artifacts/compare/seed-$$s > /dev/null || exit 1; \
