@@ -102,11 +102,22 @@ StageMain.run(spec, parameters: Params.self) { ctx in
     for n in 0..<maps.count {
         let index = maps.imageIndices[n]
         let image = try split.image(index)
-        guard image.width % patch == 0, image.height % patch == 0 else {
-            throw StoreError(path: dataset.path, "image \(index) is \(image.width)x\(image.height), not a multiple of the checkpoint's patch size \(patch)")
+        // Images whose sides are multiples of the patch size run as they are; others (a pretrained
+        // ViT's 14 px patches on 64 px scenes) at the model's training size, as extract-attention does.
+        let native = image.width % patch == 0 && image.height % patch == 0
+        let input: Tensor
+        if native {
+            input = normalised(image, mean: checkpoint.normalization.mean, std: checkpoint.normalization.std)
+        } else {
+            let size = checkpoint.config.imageSize
+            input = Tensor(shape: [1, size, size, 3])
+            image.pixels.withUnsafeBufferPointer {
+                ImageAugmenter.resize($0.baseAddress!, width: image.width, height: image.height, into: input.data, size: size,
+                                      normalization: checkpoint.normalization)
+            }
         }
-        let (gh, gw) = (image.height / patch, image.width / patch)
-        let acts = model.forward(images: normalised(image, mean: checkpoint.normalization.mean, std: checkpoint.normalization.std), training: false)
+        let (gh, gw) = (input.shape[1] / patch, input.shape[2] / patch)
+        let acts = model.forward(images: input, training: false)
         dim = acts.features.shape[2]
         let entry = try maps.maps(n)
         let values = resizePlanes(entry.values, count: entry.classes.count, width: entry.width, height: entry.height, toWidth: gw, toHeight: gh)

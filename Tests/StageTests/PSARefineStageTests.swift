@@ -5,6 +5,7 @@ import Foundation
 import Imaging
 import Localization
 import TestSupport
+import Training
 import XCTest
 
 final class PSARefineStageTests: XCTestCase {
@@ -14,18 +15,16 @@ final class PSARefineStageTests: XCTestCase {
 
     func path(_ name: String) -> String { folder.appendingPathComponent(name).path }
 
-    /// A tiny random classifier checkpoint in classify-train's layout (patch 4: an 8x8 grid at 32 px).
-    func writeCheckpoint(classNames: [String], to destination: String) throws {
-        let config = ViTConfig(imageSize: 32, patchSize: 4, depth: 1, dim: 16, heads: 2, mlpRatio: 2, numClasses: classNames.count)
+    /// A tiny random classifier checkpoint (patch 4: an 8x8 grid at 32 px by default).
+    func writeCheckpoint(classNames: [String], to destination: String, imageSize: Int = 32, patchSize: Int = 4) throws {
+        let config = ViTConfig(imageSize: imageSize, patchSize: patchSize, depth: 1, dim: 16, heads: 2, mlpRatio: 2, numClasses: classNames.count)
         let model = try ViT(config: config, seed: 5)
         let artifact = try ArtifactWriter(path: destination, provenance: Provenance(kind: .checkpoint, formatVersion: 1, producer: "test"))
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys]
-        try artifact.root.setAttribute("model_config", String(decoding: try encoder.encode(config), as: UTF8.self))
-        try artifact.root.setAttribute("normalization", #"{"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}"#)
-        try artifact.root.setAttribute("class_names", String(decoding: try encoder.encode(classNames), as: UTF8.self))
-        let weights = try artifact.root.createGroup("weights")
-        for (name, array) in model.stateDict() { try weights.write(name, array.values, shape: array.shape) }
+        var contents = Checkpoint.Contents(modelConfig: config, normalization: Normalization(mean: [0.5, 0.5, 0.5], std: [0.25, 0.25, 0.25]),
+                                           classNames: classNames, optimizer: .text("{}"), augmentation: AugmentationSettings(),
+                                           seed: 5, epochsCompleted: 0, stepsCompleted: 0)
+        contents.groups["weights"] = model.parameters.map { StoredTensor(name: $0.name, tensor: $0.value) }
+        try Checkpoint.write(contents, to: artifact.root)
         try artifact.commit()
     }
 
@@ -73,6 +72,22 @@ final class PSARefineStageTests: XCTestCase {
             let json = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path("m.json")))) as? [String: Any])
             XCTAssertGreaterThan(try XCTUnwrap(json["miou"] as? Double), 0.3)
         }
+    }
+
+    /// A model whose patch size does not divide the images (a pretrained ViT's 14 px patches on
+    /// 64 px scenes) sees them at its training size; the labels come back at image resolution.
+    func testImagesThatThePatchSizeDoesNotDivideRunAtTheModelSize() throws {
+        let dataset = try StageHarness.tinyDataset(in: folder)  // 32 px scenes
+        let classes = try DatasetReader(path: dataset).classNames
+        try StageHarness.writeMapsFromTruth(dataset: dataset, to: path("cams.h5"), factor: 4)
+        try writeCheckpoint(classNames: classes, to: path("ckpt.h5"), imageSize: 24, patchSize: 6)
+        let result = try refine(dataset: dataset, cams: path("cams.h5"), checkpoint: path("ckpt.h5"))
+        XCTAssertEqual(result.status, 0, result.stderr)
+        let labels = try LabelMapsReader(path: path("psa.h5"), kind: .labels)
+        XCTAssertEqual(labels.count, 6)
+        let (h, w, values) = try labels.labels(0)
+        XCTAssertEqual([h, w], [32, 32])
+        XCTAssertEqual(values.count, 32 * 32)
     }
 
     func testRefusesOtherClassesAndOtherDatasets() throws {
