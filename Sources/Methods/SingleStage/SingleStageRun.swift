@@ -8,7 +8,7 @@ import Localization
 import Primitives
 import Training
 
-/// Single-stage training from image-level labels (supervision=single_stage): batches of
+/// Single-stage training from image-level labels (single-stage-train): batches of
 /// augmented views, online pseudo labels from the current CAMs (normalised CAMs of the present
 /// classes -> PAR -> two background scores, `ConfidentLabels`), and `SingleStageTrainer`
 /// (baseline, or FSR with a second view and the EMA teacher).
