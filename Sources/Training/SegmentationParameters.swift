@@ -28,6 +28,8 @@ public struct SegmentationParameters: Codable, Equatable {
     /// Fresh backbone only: "patch" or a frozen pretrained stem ("efficientnet_lite0", weights from
     /// the `stem_weights` input; classify-train's default). With `init` the stem comes from the checkpoint.
     public var stem = "efficientnet_lite0"
+    /// Layer-wise freezing of the backbone: its embeddings and first n blocks are not trained.
+    public var frozenBlocks = 0
     /// Inference: scales relative to the training size, and horizontal-flip averaging.
     public var evalScales = [1.0]
     public var evalFlip = false
@@ -43,7 +45,7 @@ public struct SegmentationParameters: Codable, Equatable {
         case weightDecay = "weight_decay", clipGradNorm = "clip_grad_norm", polyPower = "poly_power"
         case scaleMin = "scale_min", scaleMax = "scale_max", flip, colorJitter = "color_jitter"
         case decoderChannels = "decoder_channels", dilations, imageSize = "image_size", patchSize = "patch_size"
-        case depth, dim, heads, stem, evalScales = "eval_scales", evalFlip = "eval_flip", valEvery = "val_every", samples
+        case depth, dim, heads, stem, frozenBlocks = "frozen_blocks", evalScales = "eval_scales", evalFlip = "eval_flip", valEvery = "val_every", samples
     }
 
     /// The augmentation of training views (colour jitter on brightness, contrast and saturation alike).
@@ -54,8 +56,8 @@ public struct SegmentationParameters: Codable, Equatable {
 
     public func validate() throws {
         guard epochs >= 1, batchSize >= 1, lr > 0, backboneLRMultiplier >= 0, decoderChannels >= 1,
-              !evalScales.isEmpty, evalScales.allSatisfy({ $0 > 0 }), samples >= 0, valEvery >= 0 else {
-            throw StageError("epochs, batch_size, decoder_channels must be >= 1, lr > 0, eval_scales non-empty and positive")
+              !evalScales.isEmpty, evalScales.allSatisfy({ $0 > 0 }), samples >= 0, valEvery >= 0, frozenBlocks >= 0 else {
+            throw StageError("epochs, batch_size, decoder_channels must be >= 1, lr > 0, eval_scales non-empty and positive, frozen_blocks >= 0")
         }
         do { try augmentation.validate() } catch { throw StageError("\(error)") }
     }
@@ -82,6 +84,10 @@ public struct SegmentationParameters: Codable, Equatable {
 
     /// The decoder for `backbone` predicting background + `classes` classes, and the network.
     public func network(backbone: ViT, classes: Int) throws -> (SegNetwork, SegDecoderConfig) {
+        guard frozenBlocks <= backbone.config.depth else {
+            throw StageError("frozen_blocks \(frozenBlocks) exceeds the backbone's \(backbone.config.depth) blocks")
+        }
+        backbone.frozenBlocks = frozenBlocks
         let config = SegDecoderConfig(inChannels: backbone.config.dim, channels: decoderChannels, dilations: dilations, numClasses: classes + 1)
         do {
             return (try SegNetwork(backbone: backbone, decoder: try SegDecoder(config: config, seed: UInt64(seed) &+ 1)), config)

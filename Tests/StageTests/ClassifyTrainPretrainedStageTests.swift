@@ -42,8 +42,21 @@ final class ClassifyTrainPretrainedStageTests: XCTestCase {
         let moments = try checkpoint.reader.root.group("optimizer/m").childNames()
         XCTAssertTrue(moments.contains("blocks.11.attn.qkv.weight") && moments.contains("cls_head.weight"))
         XCTAssertFalse(moments.contains("blocks.10.attn.qkv.weight") || moments.contains("pos_embed"))
-        // The model is usable downstream: it rebuilds from the checkpoint with the same forward.
+        // The model is usable downstream: it rebuilds from the checkpoint, and seg-train fine-tunes
+        // it with the same freezing (frozen weights bit-identical to the classifier's).
         XCTAssertNoThrow(try checkpoint.makeModel())
+        let seg = folder.appendingPathComponent("seg.h5").path
+        let segRun = try StageHarness.run("seg-train", ["--in", "dataset=\(dataset)", "--in", "init=\(out)", "--out", "checkpoint=\(seg)",
+                                                        "--out", "predictions=\(folder.appendingPathComponent("pred.h5").path)",
+                                                        "--out", "samples=\(folder.appendingPathComponent("seg.png").path)"]
+                                                        + ["supervision=ground_truth", "frozen_blocks=11", "epochs=1", "batch_size=4",
+                                                           "decoder_channels=8", "val_every=0", "backbone_lr_mult=1"].flatMap { ["--param", $0] })
+        XCTAssertEqual(segRun.status, 0, segRun.output)
+        let segWeights = try Checkpoint(path: seg).tensors()
+        let classifierWeights = try checkpoint.tensors()
+        XCTAssertEqual(segWeights["blocks.10.mlp.fc1.weight"]?.values, classifierWeights["blocks.10.mlp.fc1.weight"]?.values)
+        XCTAssertEqual(segWeights["pos_embed"]?.values, classifierWeights["pos_embed"]?.values)
+        XCTAssertNotEqual(segWeights["blocks.11.mlp.fc1.weight"]?.values, classifierWeights["blocks.11.mlp.fc1.weight"]?.values)
 
         let missing = try StageHarness.run("classify-train", ["--in", "dataset=\(dataset)", "--out", "checkpoint=\(folder.appendingPathComponent("m.h5").path)"]
                                                               + params.flatMap { ["--param", $0] })

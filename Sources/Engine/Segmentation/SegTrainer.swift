@@ -46,7 +46,10 @@ public final class SegTrainer {
     public init(network: SegNetwork, settings: SegOptimizerSettings) {
         self.network = network
         self.settings = settings
-        trained = network.parameters.filter { p in !ParameterGrouping.headPrefixes.contains { p.name.hasPrefix($0) } }
+        // Not the classification heads (no gradient here), nor what the backbone's frozenBlocks freezes.
+        trained = network.parameters.filter { p in
+            !ParameterGrouping.headPrefixes.contains { p.name.hasPrefix($0) } && !network.backbone.isFrozen(p.name)
+        }
         let groups = [
             ParameterGroup(name: "backbone_decay", lrMultiplier: settings.backboneLRMultiplier, weightDecay: settings.weightDecay),
             ParameterGroup(name: "backbone_no_decay", lrMultiplier: settings.backboneLRMultiplier, weightDecay: 0),

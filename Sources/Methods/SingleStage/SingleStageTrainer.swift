@@ -134,7 +134,7 @@ public final class SingleStageTrainer {
             }
         }
         let fsrParams = settings.fsr ? head!.parameters : []
-        trained = network.parameters + fsrParams
+        trained = network.parameters.filter { !network.backbone.isFrozen($0.name) } + fsrParams
         let groups = [
             ParameterGroup(name: "backbone_decay", lrMultiplier: settings.optimizer.backboneLRMultiplier, weightDecay: settings.optimizer.weightDecay),
             ParameterGroup(name: "backbone_no_decay", lrMultiplier: settings.optimizer.backboneLRMultiplier, weightDecay: 0),
