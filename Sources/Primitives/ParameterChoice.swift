@@ -12,6 +12,4 @@ extension ParameterChoice {
         }
         self = value
     }
-
-    public static var choices: String { allCases.map(\.rawValue).joined(separator: ", ") }
 }

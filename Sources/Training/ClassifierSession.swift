@@ -134,10 +134,11 @@ public final class ClassifierSession {
         var scores = [Float](repeating: 0, count: data.count * classes)
         var labelsBuffer = [Float](repeating: 0, count: evalBatch * classes)
         let order = Array(0..<data.count)
+        let full = Tensor(shape: [evalBatch, size, size, 3])  // reused; only a short last batch allocates
         var start = 0
         while start < data.count {
             let n = min(evalBatch, data.count - start)
-            let input = Tensor(shape: [n, size, size, 3])
+            let input = n == evalBatch ? full : Tensor(shape: [n, size, size, 3])
             try data.fill(order[start..<(start + n)], order: order, images: input, batchLabels: &labelsBuffer,
                           augmentation: nil, seed: 0, epoch: 0)
             scores.withUnsafeMutableBufferPointer { trainer.predict(images: input, into: $0.baseAddress! + start * classes) }
