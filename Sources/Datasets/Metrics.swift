@@ -77,6 +77,40 @@ public struct ConfusionMatrix: Equatable, Sendable {
         return present.isEmpty ? .nan : present.reduce(0, +) / Double(present.count)
     }
 
+    /// Class-agnostic IoU of foreground (every class but 0, background) against background: how
+    /// well objects are found, whatever class they are given. NaN when neither has foreground.
+    public var foregroundIoU: Double {
+        var tp: Int64 = 0, fp: Int64 = 0, fn: Int64 = 0
+        for t in 1..<classCount {
+            fn += self[t, 0] + invalidPredictions[t]
+            for p in 1..<classCount { tp += self[t, p] }
+        }
+        for p in 1..<classCount { fp += self[0, p] }
+        let union = tp + fp + fn
+        return union == 0 ? .nan : Double(tp) / Double(union)
+    }
+
+    /// Of the foreground pixels predicted as foreground, the fraction given their true class:
+    /// low values mean class confusion rather than poor localisation. NaN when there are none.
+    public var foregroundClassAccuracy: Double {
+        var found: Int64 = 0, right: Int64 = 0
+        for t in 1..<classCount {
+            right += self[t, t]
+            for p in 1..<classCount { found += self[t, p] }
+        }
+        return found == 0 ? .nan : Double(right) / Double(found)
+    }
+
+    /// Each truth row divided by its total (invalid predictions included in the total): row t,
+    /// column p is the fraction of class-t pixels predicted as p. NaN rows for absent classes.
+    public var rowNormalized: [[Double]] {
+        (0..<classCount).map { t in
+            let row = (0..<classCount).map { self[t, $0] }
+            let total = row.reduce(0, +) + invalidPredictions[t]
+            return row.map { total == 0 ? .nan : Double($0) / Double(total) }
+        }
+    }
+
     /// Scored (non-ignore) pixels.
     public var total: Int64 { counts.reduce(0, +) + invalidPredictions.reduce(0, +) }
 

@@ -120,10 +120,53 @@ public enum SVGChart {
         #"<text x="\#(f(x))" y="\#(f(y))" text-anchor="\#(anchor)" font-size="\#(size)" font-weight="\#(weight)">\#(escape(content))</text>"# + "\n"
     }
 
-    static func document(_ body: String) -> String {
+    static func document(_ body: String, width: Double = width, height: Double = height) -> String {
         #"<?xml version="1.0" encoding="UTF-8"?>"# + "\n" +
             #"<svg xmlns="http://www.w3.org/2000/svg" width="\#(f(width))" height="\#(f(height))" viewBox="0 0 \#(f(width)) \#(f(height))" font-family="sans-serif">"# + "\n" +
             body + "</svg>\n"
+    }
+
+    /// A square matrix as a heatmap with the value printed in every cell: `values[row][column]`
+    /// in [0, 1] (NaN: a grey cell without a number), rows and columns both named by `labels`.
+    /// Cells shade from white (0) to dark blue (1); numbers are percentages.
+    public static func matrix(title: String, rowAxis: String, columnAxis: String, labels: [String],
+                              values: [[Double]], notes: [String] = []) -> String {
+        let n = labels.count
+        precondition(values.count == n && values.allSatisfy { $0.count == n }, "matrix must be \(n) x \(n)")
+        let cell = 44.0, labelWidth = 130.0, top = 70.0 + 16 * Double(notes.count), columnLabels = 110.0
+        let width = labelWidth + 30 + Double(n) * cell + 20, height = top + columnLabels + Double(n) * cell + 40
+        let gridLeft = labelWidth + 30, gridTop = top + columnLabels
+        var body = #"<rect x="0" y="0" width="\#(f(width))" height="\#(f(height))" fill="white"/>"# + "\n"
+        body += text(title, x: 12, y: 24, anchor: "start", size: 14, weight: "bold")
+        for (i, note) in notes.enumerated() { body += text(note, x: 12, y: 46 + 16 * Double(i), anchor: "start", size: 12) }
+        body += text(columnAxis, x: gridLeft + Double(n) * cell / 2, y: top - 6, anchor: "middle", size: 12, weight: "bold")
+        let rowAxisY = gridTop + Double(n) * cell / 2
+        body += #"<text x="16" y="\#(f(rowAxisY))" text-anchor="middle" font-size="12" font-weight="bold" transform="rotate(-90 16 \#(f(rowAxisY)))">\#(escape(rowAxis))</text>"# + "\n"
+        for (i, label) in labels.enumerated() {
+            let x = gridLeft + (Double(i) + 0.5) * cell
+            body += #"<text x="\#(f(x))" y="\#(f(gridTop - 6))" text-anchor="start" font-size="11" transform="rotate(-60 \#(f(x)) \#(f(gridTop - 6)))">\#(escape(label))</text>"# + "\n"
+            body += text(label, x: gridLeft - 6, y: gridTop + (Double(i) + 0.5) * cell + 4, anchor: "end", size: 11)
+        }
+        for r in 0..<n {
+            for c in 0..<n {
+                let v = values[r][c], x = gridLeft + Double(c) * cell, y = gridTop + Double(r) * cell
+                let fill: String, ink: String
+                if v.isFinite {
+                    let t = min(max(v, 0), 1)
+                    // White -> rgb(8, 48, 107) (the dark end of a blue ramp).
+                    fill = "rgb(\(Int((255 - 247 * t).rounded())),\(Int((255 - 207 * t).rounded())),\(Int((255 - 148 * t).rounded())))"
+                    ink = t > 0.5 ? "white" : "rgb(34,34,34)"
+                } else {
+                    (fill, ink) = ("rgb(230,230,230)", "rgb(34,34,34)")
+                }
+                let stroke = r == c ? #" stroke="rgb(51,51,51)" stroke-width="1.5""# : #" stroke="white""#
+                body += #"<rect x="\#(f(x))" y="\#(f(y))" width="\#(f(cell))" height="\#(f(cell))" fill="\#(fill)"\#(stroke)><title>\#(escape(labels[r])) -> \#(escape(labels[c])): \#(v.isFinite ? String(format: "%.4f", v) : "none")</title></rect>"# + "\n"
+                if v.isFinite {
+                    body += #"<text x="\#(f(x + cell / 2))" y="\#(f(y + cell / 2 + 4))" text-anchor="middle" font-size="11" fill="\#(ink)">\#(String(format: "%.0f", v * 100))</text>"# + "\n"
+                }
+            }
+        }
+        return document(body, width: width, height: height)
     }
 
     static func f(_ v: Double) -> String { String(format: "%.1f", v) }

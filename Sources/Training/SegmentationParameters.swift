@@ -19,6 +19,8 @@ public struct SegmentationParameters: Codable, Equatable {
     public var colorJitter = 0.2
     public var decoderChannels = 64
     public var dilations = [1, 2, 3]
+    /// Width of the decoder's image detail branch (0: none, logits on the token grid; see SegDecoderConfig).
+    public var detailChannels = 0
     /// Backbone shape when there is no `init` checkpoint (image_size 0: the dataset's image size).
     public var imageSize = 0
     public var patchSize = 8
@@ -44,7 +46,7 @@ public struct SegmentationParameters: Codable, Equatable {
         case seed, epochs, batchSize = "batch_size", lr, backboneLRMultiplier = "backbone_lr_mult"
         case weightDecay = "weight_decay", clipGradNorm = "clip_grad_norm", polyPower = "poly_power"
         case scaleMin = "scale_min", scaleMax = "scale_max", flip, colorJitter = "color_jitter"
-        case decoderChannels = "decoder_channels", dilations, imageSize = "image_size", patchSize = "patch_size"
+        case decoderChannels = "decoder_channels", dilations, detailChannels = "detail_channels", imageSize = "image_size", patchSize = "patch_size"
         case depth, dim, heads, stem, frozenBlocks = "frozen_blocks", evalScales = "eval_scales", evalFlip = "eval_flip", valEvery = "val_every", samples
     }
 
@@ -88,7 +90,8 @@ public struct SegmentationParameters: Codable, Equatable {
             throw StageError("frozen_blocks \(frozenBlocks) exceeds the backbone's \(backbone.config.depth) blocks")
         }
         backbone.frozenBlocks = frozenBlocks
-        let config = SegDecoderConfig(inChannels: backbone.config.dim, channels: decoderChannels, dilations: dilations, numClasses: classes + 1)
+        let config = SegDecoderConfig(inChannels: backbone.config.dim, channels: decoderChannels, dilations: dilations,
+                                      numClasses: classes + 1, detailChannels: detailChannels)
         do {
             return (try SegNetwork(backbone: backbone, decoder: try SegDecoder(config: config, seed: UInt64(seed) &+ 1)), config)
         } catch { throw StageError("decoder: \(error)") }

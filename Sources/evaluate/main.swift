@@ -22,7 +22,7 @@ struct Params: StageParameters {
 let spec = StageSpec(
     name: "evaluate", version: "0.1.0",
     summary: "Scores class maps (with a background-threshold sweep), label maps or predictions against the dataset's ground truth.",
-    inputs: ["dataset", "subject"], outputs: ["metrics", "metrics_json", "panels"])
+    inputs: ["dataset", "subject"], outputs: ["metrics", "metrics_json", "panels", "confusion"])
 
 /// What one evaluation found, before it is written out.
 struct Evaluation {
@@ -141,6 +141,8 @@ func write(_ evaluation: Evaluation, classNames: [String], ctx: StageContext<Par
         "images": evaluation.images,
         "miou": jsonNumber(evaluation.confusion.meanIoU),
         "pixel_accuracy": jsonNumber(evaluation.confusion.pixelAccuracy),
+        "foreground_iou": jsonNumber(evaluation.confusion.foregroundIoU),
+        "foreground_class_accuracy": jsonNumber(evaluation.confusion.foregroundClassAccuracy),
         "per_class_iou": Dictionary(uniqueKeysWithValues: zip(names, iou.map(jsonNumber))),
     ]
     if !evaluation.description.isEmpty { json["subject_description"] = evaluation.description }
@@ -163,12 +165,29 @@ func write(_ evaluation: Evaluation, classNames: [String], ctx: StageContext<Par
     let panelFile = PendingFile(destination: ctx.output("panels"))
     let picture = evaluation.panels.isEmpty ? RGBImage(width: 1, height: 1) : RGBImage.vstack(evaluation.panels, gap: 4)
     try PNG.write(picture, to: panelFile.temporaryPath)
+    let confusionFile = PendingFile(destination: ctx.output("confusion"))
+    try Data(confusionPicture(evaluation, names: names).utf8).write(to: URL(fileURLWithPath: confusionFile.temporaryPath))
     try artifact.commit()
     try jsonFile.commit()
     try panelFile.commit()
+    try confusionFile.commit()
 
     var line = "evaluate: \(evaluation.subjectKind) on \(evaluation.split) (\(evaluation.images) images): mIoU \(String(format: "%.4f", evaluation.confusion.meanIoU))"
     if let t = evaluation.extra["best_threshold"] as? Double { line += " at background \(String(format: "%.2f", t))" }
     if let c = evaluation.extra["coverage"] as? Double { line += ", coverage \(String(format: "%.3f", c))" }
+    line += String(format: ", foreground IoU %.4f, foreground class accuracy %.4f",
+                   evaluation.confusion.foregroundIoU, evaluation.confusion.foregroundClassAccuracy)
     print(line)
+}
+
+/// The row-normalised confusion matrix (truth rows, predicted columns) as an SVG heatmap.
+func confusionPicture(_ evaluation: Evaluation, names: [String]) -> String {
+    let c = evaluation.confusion
+    var notes = [String(format: "mIoU %.4f, pixel accuracy %.4f, foreground IoU %.4f, foreground class accuracy %.4f",
+                        c.meanIoU, c.pixelAccuracy, c.foregroundIoU, c.foregroundClassAccuracy)]
+    if let t = evaluation.extra["best_threshold"] as? Double { notes.append(String(format: "class maps at background threshold %.2f", t)) }
+    if evaluation.subjectKind == .labels { notes.append("pixels the labels leave uncertain (255) are not counted") }
+    let what = evaluation.description.isEmpty ? evaluation.subjectKind.rawValue : evaluation.description
+    return SVGChart.matrix(title: "Confusion of \(what) on \(evaluation.split) (\(evaluation.images) images), % of each true class",
+                           rowAxis: "true class", columnAxis: "predicted class", labels: names, values: c.rowNormalized, notes: notes)
 }

@@ -64,6 +64,33 @@ final class MetricsTests: XCTestCase {
         XCTAssertEqual(twice.total, 14)
         XCTAssertEqual(twice.meanIoU, matrix.meanIoU, accuracy: 1e-12)
         XCTAssertTrue(ConfusionMatrix(classCount: 2).meanIoU.isNaN)
+
+        // Foreground (classes 1, 2) vs background: TP 3 (1->1 twice, 2->2), FP 1 (0->1),
+        // FN 2 (2->0, and the invalid prediction of a class-1 pixel) = 3/6.
+        XCTAssertEqual(matrix.foregroundIoU, 0.5, accuracy: 1e-12)
+        XCTAssertEqual(matrix.foregroundClassAccuracy, 1.0, accuracy: 1e-12)
+        XCTAssertEqual(matrix.rowNormalized[1], [0, 2.0 / 3, 0])  // the invalid prediction counts in the row total
+        XCTAssertEqual(matrix.rowNormalized[2], [0.5, 0, 0.5])
+        XCTAssertTrue(wider.rowNormalized[3].allSatisfy(\.isNaN))
+        XCTAssertTrue(ConfusionMatrix(classCount: 3).foregroundIoU.isNaN)
+    }
+
+    /// Objects found in the right place but given each other's class: perfect foreground IoU,
+    /// no class right, so localisation can be told from confusion.
+    func testForegroundIoUSeparatesLocalisationFromClassConfusion() {
+        let truth: [UInt8] = [0, 0, 1, 1, 2, 2]
+        let swapped: [UInt8] = [0, 0, 2, 2, 1, 1]
+        var matrix = ConfusionMatrix(classCount: 3)
+        matrix.add(prediction: LabelMap(width: 6, height: 1, labels: swapped), truth: LabelMap(width: 6, height: 1, labels: truth))
+        XCTAssertEqual(matrix.foregroundIoU, 1.0)
+        XCTAssertEqual(matrix.foregroundClassAccuracy, 0.0)
+        XCTAssertEqual(matrix.iou[1], 0.0)
+        let shifted: [UInt8] = [1, 0, 0, 1, 2, 0]
+        var missed = ConfusionMatrix(classCount: 3)
+        missed.add(prediction: LabelMap(width: 6, height: 1, labels: shifted), truth: LabelMap(width: 6, height: 1, labels: truth))
+        // TP 2 (pixels 3, 4), FP 1 (pixel 0), FN 2 (pixels 2, 5).
+        XCTAssertEqual(missed.foregroundIoU, 0.4, accuracy: 1e-12)
+        XCTAssertEqual(missed.foregroundClassAccuracy, 1.0)
     }
 
     func testOtsuSplitsABimodalImageAndLabelsTheMinoritySide() {

@@ -1,3 +1,4 @@
+import Foundation
 import Primitives
 import TestSupport
 import XCTest
@@ -14,9 +15,9 @@ final class SegmentationTests: XCTestCase {
         let (B, h, w) = (2, 4, 4)
         let features = randomTensor([B, h, w, config.inChannels], &rng)
         let probe = randomTensor([B, h, w, config.numClasses], &rng)
-        func loss() -> Double { dot(decoder.forward(features: features, batch: B, height: h, width: w).logits, probe) }
+        func loss() -> Double { dot(decoder.forward(features: features, image: nil, batch: B, height: h, width: w).logits, probe) }
         decoder.zeroGrad()
-        let acts = decoder.forward(features: features, batch: B, height: h, width: w)
+        let acts = decoder.forward(features: features, image: nil, batch: B, height: h, width: w)
         let dFeatures = DTensor(shape: features.shape)
         decoder.backward(acts, dLogits: probe, dFeatures: dFeatures)
         checkGradient("features", input: features, analytic: dFeatures, loss: loss)
@@ -25,6 +26,57 @@ final class SegmentationTests: XCTestCase {
             XCTAssertGreaterThan(maxAbs(p.grad), 0, "\(p.name) got no gradient")
             checkGradient(p.name, input: p.value, analytic: p.grad, indices: sampleIndices(p.value.count, 12, &rng), loss: loss)
         }
+    }
+
+    /// Decoder with the image detail branch: logits at 1/4 of an odd-sized image (13 -> 7 -> 4),
+    /// every parameter gradient and the feature gradient against central differences in Double.
+    func testDecoderDetailBranchGradients() throws {
+        var rng = SplitMix64(seed: 12)
+        let config = SegDecoderConfig(inChannels: 5, channels: 3, dilations: [1], numClasses: 3, detailChannels: 4)
+        let decoder = try SegDecoderOf<Double>(config: config, seed: 4)
+        for p in decoder.parameters where p.name.hasSuffix("bias") { p.value.fillNormal(std: 0.1, rng: &rng) }
+        let (B, h, w, H) = (2, 3, 3, 13)
+        XCTAssertEqual(config.outputSize(imageSize: H, gridSize: h), 4)
+        let features = randomTensor([B, h, w, config.inChannels], &rng)
+        let image = randomTensor([B, H, H, 3], &rng)
+        let probe = randomTensor([B, 4, 4, config.numClasses], &rng)
+        func loss() -> Double { dot(decoder.forward(features: features, image: image, batch: B, height: h, width: w).logits, probe) }
+        decoder.zeroGrad()
+        let acts = decoder.forward(features: features, image: image, batch: B, height: h, width: w)
+        XCTAssertEqual(acts.logits.shape, [B, 4, 4, config.numClasses])
+        XCTAssertEqual([acts.outHeight, acts.outWidth], [4, 4])
+        let dFeatures = DTensor(shape: features.shape)
+        decoder.backward(acts, dLogits: probe, dFeatures: dFeatures)
+        checkGradient("features", input: features, analytic: dFeatures, loss: loss)
+        XCTAssertEqual(decoder.parameters.count, 2 * 2 + 4 + 6)
+        for name in ["decoder.detail.0.weight", "decoder.detail.1.bias", "decoder.merge.weight"] {
+            XCTAssertNotNil(decoder.parameters.first { $0.name == name }, name)
+        }
+        for p in decoder.parameters {
+            XCTAssertGreaterThan(maxAbs(p.grad), 0, "\(p.name) got no gradient")
+            checkGradient(p.name, input: p.value, analytic: p.grad, indices: sampleIndices(p.value.count, 12, &rng), loss: loss)
+        }
+    }
+
+    /// The image changes the detail decoder's logits (the branch is wired in), not the plain one's.
+    func testDetailBranchReadsTheImage() throws {
+        var rng = SplitMix64(seed: 13)
+        let features = randomTensor([1, 2, 2, 4], &rng)
+        let a = randomTensor([1, 8, 8, 3], &rng), b = randomTensor([1, 8, 8, 3], &rng)
+        let detail = try SegDecoderOf<Double>(config: SegDecoderConfig(inChannels: 4, channels: 3, dilations: [1], numClasses: 2, detailChannels: 4), seed: 1)
+        detail.parameters.first { $0.name == "decoder.classifier.weight" }!.value.fillNormal(std: 1, rng: &rng)
+        let la = detail.forward(features: features, image: a, batch: 1, height: 2, width: 2).logits.toArray()
+        let lb = detail.forward(features: features, image: b, batch: 1, height: 2, width: 2).logits.toArray()
+        XCTAssertGreaterThan(zip(la, lb).map { abs($0 - $1) }.max()!, 1e-6)
+        XCTAssertThrowsError(try SegDecoderConfig(inChannels: 4, numClasses: 2, detailChannels: 3).validate())
+    }
+
+    /// A decoder config recorded before the detail branch existed reads as one without it.
+    func testDecoderConfigWithoutDetailFieldDecodes() throws {
+        let old = #"{"in_channels": 8, "channels": 4, "dilations": [1, 2], "num_classes": 3}"#
+        let config = try JSONDecoder().decode(SegDecoderConfig.self, from: Data(old.utf8))
+        XCTAssertEqual(config, SegDecoderConfig(inChannels: 8, channels: 4, dilations: [1, 2], numClasses: 3))
+        XCTAssertFalse(config.hasDetail)
     }
 
     /// Whole network (ViT + decoder + upsampling + pixel cross-entropy with some ignored pixels).
@@ -49,6 +101,32 @@ final class SegmentationTests: XCTestCase {
         XCTAssertGreaterThan(result.loss, 0)
         for name in ["patch_embed.proj.weight", "pos_embed", "blocks.0.attn.qkv.weight", "norm.weight",
                      "decoder.aspp.0.weight", "decoder.aspp.1.weight", "decoder.fuse.weight", "decoder.classifier.bias"] {
+            let p = try XCTUnwrap(network.parameters.first { $0.name == name }, name)
+            XCTAssertGreaterThan(maxAbs(p.grad), 0, "\(name) got no gradient")
+            checkGradient(name, input: p.value, analytic: p.grad, indices: sampleIndices(p.value.count, 8, &rng), loss: loss)
+        }
+    }
+
+    /// The network with the detail decoder: logits upsampled from 1/4 of the image, gradients
+    /// through the branch, the merge and the backbone.
+    func testNetworkWithDetailDecoderGradients() throws {
+        var rng = SplitMix64(seed: 6)
+        let vitConfig = ViTConfig(imageSize: 12, patchSize: 4, depth: 1, dim: 8, heads: 2, mlpRatio: 2, numClasses: 3)
+        let network = try SegNetworkOf<Double>(
+            backbone: try ViTOf<Double>(config: vitConfig, seed: 1),
+            decoder: try SegDecoderOf<Double>(config: SegDecoderConfig(inChannels: 8, channels: 4, dilations: [1], numClasses: 4, detailChannels: 4), seed: 2))
+        network.decoder.parameters.last(where: { $0.name == "decoder.classifier.weight" })!.value.fillNormal(std: 0.5, rng: &rng)
+        let B = 2, S = 12
+        let images = randomTensor([B, S, S, 3], &rng)
+        var labels = (0..<(B * S * S)).map { _ in UInt8(rng.next() % 4) }
+        for i in stride(from: 0, to: labels.count, by: 7) { labels[i] = 255 }
+        func loss() -> Double {
+            labels.withUnsafeBufferPointer { network.loss(images: images, labels: $0.baseAddress!, training: false, backward: false).loss }
+        }
+        network.zeroGrad()
+        let result = labels.withUnsafeBufferPointer { network.loss(images: images, labels: $0.baseAddress!, training: false, backward: true) }
+        XCTAssertEqual(result.activations.decoder.logits.shape, [B, 3, 3, 4])
+        for name in ["blocks.0.attn.qkv.weight", "decoder.aspp.0.weight", "decoder.detail.0.weight", "decoder.merge.weight", "decoder.classifier.weight"] {
             let p = try XCTUnwrap(network.parameters.first { $0.name == name }, name)
             XCTAssertGreaterThan(maxAbs(p.grad), 0, "\(name) got no gradient")
             checkGradient(name, input: p.value, analytic: p.grad, indices: sampleIndices(p.value.count, 8, &rng), loss: loss)

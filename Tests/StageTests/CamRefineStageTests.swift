@@ -114,7 +114,7 @@ final class CamRefineStageTests: XCTestCase {
 
     func evaluate(dataset: String, cams: String) throws -> [String: Any] {
         let result = try StageHarness.run("evaluate", ["--in", "dataset=\(dataset)", "--in", "subject=\(cams)", "--out", "metrics=\(path("m.h5"))",
-                                                       "--out", "metrics_json=\(path("m.json"))", "--out", "panels=\(path("p.png"))"])
+                                                       "--out", "metrics_json=\(path("m.json"))", "--out", "panels=\(path("p.png"))", "--out", "confusion=\(path("confusion.svg"))"])
         XCTAssertEqual(result.status, 0, result.stderr)
         return try XCTUnwrap(JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path("m.json")))) as? [String: Any])
     }

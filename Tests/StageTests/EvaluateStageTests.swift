@@ -16,7 +16,7 @@ final class EvaluateStageTests: XCTestCase {
     func evaluate(dataset: String, subject: String, extra: [String] = []) throws -> ProcessRunner.Result {
         try StageHarness.run("evaluate", ["--in", "dataset=\(dataset)", "--in", "subject=\(subject)",
                                           "--out", "metrics=\(path("metrics.h5"))", "--out", "metrics_json=\(path("metrics.json"))",
-                                          "--out", "panels=\(path("panels.png"))"] + extra)
+                                          "--out", "panels=\(path("panels.png"))", "--out", "confusion=\(path("confusion.svg"))"] + extra)
     }
 
     func metricsJSON() throws -> [String: Any] {
@@ -37,6 +37,16 @@ final class EvaluateStageTests: XCTestCase {
         let metrics = try ArtifactReader(path: path("metrics.h5"), kind: .metrics)
         XCTAssertEqual(try metrics.root.read("sweep_miou", as: Double.self).count, 81)
         XCTAssertNotNil(try? PNG.readRGB(path("panels.png")))
+        XCTAssertEqual(json["foreground_iou"] as? Double, 1.0)
+        XCTAssertEqual(json["foreground_class_accuracy"] as? Double, 1.0)
+        // The confusion picture: one cell per (truth, prediction) pair, the diagonal at 100 %.
+        let svg = try String(contentsOfFile: path("confusion.svg"), encoding: .utf8)
+        XCTAssertTrue(svg.hasPrefix("<?xml") && svg.hasSuffix("</svg>\n"))
+        let classes = try DatasetReader(path: dataset).classNames
+        let k = classes.count + 1
+        XCTAssertEqual(svg.components(separatedBy: "<rect x=").count - 2, k * k)  // minus the background and the first piece
+        for name in ["background"] + classes { XCTAssertTrue(svg.contains(">\(SVGChart.escape(name))</text>"), name) }
+        XCTAssertTrue(svg.contains("background -> background: 1.0000"))
     }
 
     func testCoarseMapsAreUpsampledAndScoreBelowOne() throws {
@@ -83,7 +93,7 @@ final class EvaluateStageTests: XCTestCase {
         XCTAssertEqual(result.status, 1)
         XCTAssertTrue(result.stderr.hasPrefix("error: evaluate: \(path("cams.h5")): was made from another dataset"), result.stderr)
         XCTAssertEqual(result.stderr.split(separator: "\n").count, 1)
-        for output in ["metrics.h5", "metrics.json", "panels.png"] {
+        for output in ["metrics.h5", "metrics.json", "panels.png", "confusion.svg"] {
             XCTAssertFalse(FileManager.default.fileExists(atPath: path(output)), output)
         }
         XCTAssertFalse(try FileManager.default.contentsOfDirectory(atPath: folder.path).contains { $0.contains("partial") })

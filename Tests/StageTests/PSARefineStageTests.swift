@@ -67,7 +67,7 @@ final class PSARefineStageTests: XCTestCase {
 
             let scored = try StageHarness.run("evaluate", ["--in", "dataset=\(dataset)", "--in", "subject=\(path("psa.h5"))",
                                                            "--out", "metrics=\(path("m.h5"))", "--out", "metrics_json=\(path("m.json"))",
-                                                           "--out", "panels=\(path("m.png"))"])
+                                                           "--out", "panels=\(path("m.png"))", "--out", "confusion=\(path("confusion.svg"))"])
             XCTAssertEqual(scored.status, 0, scored.stderr)
             let json = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path("m.json")))) as? [String: Any])
             XCTAssertGreaterThan(try XCTUnwrap(json["miou"] as? Double), 0.3)

@@ -22,7 +22,7 @@ final class PseudoLabelStageTests: XCTestCase {
         XCTAssertEqual(labels.artifact.provenance.inputs["dataset"], try ContentHash.ofFile(dataset))
         XCTAssertTrue(labels.artifact.provenance.paramsJSON.contains(#""high_background":0.55"#))
         let evaluation = try StageHarness.run("evaluate", ["--in", "dataset=\(dataset)", "--in", "subject=\(path("labels.h5"))",
-            "--out", "metrics=\(path("m.h5"))", "--out", "metrics_json=\(path("m.json"))", "--out", "panels=\(path("p.png"))"])
+            "--out", "metrics=\(path("m.h5"))", "--out", "metrics_json=\(path("m.json"))", "--out", "panels=\(path("p.png"))", "--out", "confusion=\(path("confusion.svg"))"])
         XCTAssertEqual(evaluation.status, 0, evaluation.stderr)
         let json = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path("m.json")))) as? [String: Any])
         XCTAssertGreaterThan(try XCTUnwrap(json["miou"] as? Double), 0.8)

@@ -114,7 +114,7 @@ final class SegTrainStageTests: XCTestCase {
         XCTAssertLessThan(zip(first, initialised).map { abs($0 - $1) }.max()!, 0.002)
 
         let evaluation = try StageHarness.run("evaluate", ["--in", "dataset=\(dataset)", "--in", "subject=\(path("pred.h5"))",
-            "--out", "metrics=\(path("m.h5"))", "--out", "metrics_json=\(path("m.json"))", "--out", "panels=\(path("p.png"))"])
+            "--out", "metrics=\(path("m.h5"))", "--out", "metrics_json=\(path("m.json"))", "--out", "panels=\(path("p.png"))", "--out", "confusion=\(path("confusion.svg"))"])
         XCTAssertEqual(evaluation.status, 0, evaluation.stderr)
         let json = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path("m.json")))) as? [String: Any])
         let miou = try XCTUnwrap(json["miou"] as? Double)

@@ -103,7 +103,7 @@ final class SingleStageStageTests: XCTestCase {
             }
 
             let evaluation = try StageHarness.run("evaluate", ["--in", "dataset=\(dataset)", "--in", "subject=\(path(method + "pred.h5"))",
-                "--out", "metrics=\(path(method + "m.h5"))", "--out", "metrics_json=\(path(method + "m.json"))", "--out", "panels=\(path(method + "p.png"))"])
+                "--out", "metrics=\(path(method + "m.h5"))", "--out", "metrics_json=\(path(method + "m.json"))", "--out", "panels=\(path(method + "p.png"))", "--out", "confusion=\(path(method + "confusion.svg"))"])
             XCTAssertEqual(evaluation.status, 0, evaluation.stderr)
             let json = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path(method + "m.json")))) as? [String: Any])
             XCTAssertTrue((0...1).contains(try XCTUnwrap(json["miou"] as? Double)))

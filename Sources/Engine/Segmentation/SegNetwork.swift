@@ -40,9 +40,9 @@ public final class SegNetworkOf<S: EngineScalar> {
         let B = images.shape[0], H = images.shape[1], W = images.shape[2], K = numClasses
         let vitActs = backbone.forward(images: images, training: training, reuse: reuse?.vit)
         let h = vitActs.gridH, w = vitActs.gridW
-        let dec = decoder.forward(features: vitActs.features, batch: B, height: h, width: w)
+        let dec = decoder.forward(features: vitActs.features, image: decoder.config.hasDetail ? images : nil, batch: B, height: h, width: w)
         let logits = (reuse?.logits.shape == [B, H, W, K]) ? reuse!.logits : TensorOf<S>(shape: [B, H, W, K])
-        Kernels.bilinearResizeForward(out: logits.data, inp: dec.logits.data, batch: B, inHeight: h, inWidth: w,
+        Kernels.bilinearResizeForward(out: logits.data, inp: dec.logits.data, batch: B, inHeight: dec.outHeight, inWidth: dec.outWidth,
                                       outHeight: H, outWidth: W, channels: K)
         return Activations(vit: vitActs, decoder: dec, logits: logits)
     }
@@ -52,11 +52,11 @@ public final class SegNetworkOf<S: EngineScalar> {
     @_specialize(where S == Float)
     public func backward(_ a: Activations, dLogits: TensorOf<S>) {
         let B = a.logits.shape[0], H = a.logits.shape[1], W = a.logits.shape[2], K = numClasses
-        let h = a.decoder.height, w = a.decoder.width
+        let h = a.decoder.outHeight, w = a.decoder.outWidth
         let dSmall = TensorOf<S>(shape: [B, h, w, K])
         Kernels.bilinearResizeBackward(dInp: dSmall.data, dOut: dLogits.data, batch: B, inHeight: h, inWidth: w,
                                        outHeight: H, outWidth: W, channels: K)
-        let dFeatures = TensorOf<S>(shape: [B, h * w, backbone.config.dim])
+        let dFeatures = TensorOf<S>(shape: [B, a.decoder.height * a.decoder.width, backbone.config.dim])
         decoder.backward(a.decoder, dLogits: dSmall, dFeatures: dFeatures)
         backbone.backward(a.vit, ViTOutputGradsOf(features: dFeatures))
     }

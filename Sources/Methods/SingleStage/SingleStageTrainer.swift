@@ -209,9 +209,11 @@ public final class SingleStageTrainer {
             let pseudo = try pseudoLabels(a)
             precondition(pseudo.count == B * Hs * Ws, "pseudo labels must be [\(B), \(Hs), \(Ws)]")
             let h = a.gridH, w = a.gridW
-            let dec = network.decoder.forward(features: a.features, batch: B, height: h, width: w)
+            let dec = network.decoder.forward(features: a.features, image: network.decoder.config.hasDetail ? view : nil,
+                                              batch: B, height: h, width: w)
+            let (ho, wo) = (dec.outHeight, dec.outWidth)
             let logits = Tensor(shape: [B, Hs, Ws, K])
-            Kernels.bilinearResizeForward(out: logits.data, inp: dec.logits.data, batch: B, inHeight: h, inWidth: w,
+            Kernels.bilinearResizeForward(out: logits.data, inp: dec.logits.data, batch: B, inHeight: ho, inWidth: wo,
                                           outHeight: Hs, outWidth: Ws, channels: K)
             let dLogits = Tensor(shape: logits.shape)
             let (loss, counted) = pseudo.withUnsafeBufferPointer {
@@ -221,8 +223,8 @@ public final class SingleStageTrainer {
             labelled = Double(counted) / Double(B * Hs * Ws)
             if counted > 0 {
                 segLoss = loss
-                let dSmall = Tensor(shape: [B, h, w, K])
-                Kernels.bilinearResizeBackward(dInp: dSmall.data, dOut: dLogits.data, batch: B, inHeight: h, inWidth: w,
+                let dSmall = Tensor(shape: [B, ho, wo, K])
+                Kernels.bilinearResizeBackward(dInp: dSmall.data, dOut: dLogits.data, batch: B, inHeight: ho, inWidth: wo,
                                                outHeight: Hs, outWidth: Ws, channels: K)
                 let dF = Tensor(shape: [B, h * w, backbone.config.dim])
                 network.decoder.backward(dec, dLogits: dSmall, dFeatures: dF)
