@@ -30,6 +30,9 @@ public struct SegmentationParameters: Codable, Equatable {
     /// Fresh backbone only: "patch" or a frozen pretrained stem ("efficientnet_lite0", weights from
     /// the `stem_weights` input; classify-train's default). With `init` the stem comes from the checkpoint.
     public var stem = "efficientnet_lite0"
+    /// Without `init`: a backbone trained from scratch (the shape above) or the pretrained ViT of
+    /// the `vit_weights` input (image_size then must be a multiple of its patch size).
+    public var backbone = BackboneSource.scratch
     /// Layer-wise freezing of the backbone: its embeddings and first n blocks are not trained.
     public var frozenBlocks = 0
     /// Inference: scales relative to the training size, and horizontal-flip averaging.
@@ -47,7 +50,7 @@ public struct SegmentationParameters: Codable, Equatable {
         case weightDecay = "weight_decay", clipGradNorm = "clip_grad_norm", polyPower = "poly_power"
         case scaleMin = "scale_min", scaleMax = "scale_max", flip, colorJitter = "color_jitter"
         case decoderChannels = "decoder_channels", dilations, detailChannels = "detail_channels", imageSize = "image_size", patchSize = "patch_size"
-        case depth, dim, heads, stem, frozenBlocks = "frozen_blocks", evalScales = "eval_scales", evalFlip = "eval_flip", valEvery = "val_every", samples
+        case depth, dim, heads, stem, backbone, frozenBlocks = "frozen_blocks", evalScales = "eval_scales", evalFlip = "eval_flip", valEvery = "val_every", samples
     }
 
     /// The augmentation of training views (colour jitter on brightness, contrast and saturation alike).
@@ -65,7 +68,7 @@ public struct SegmentationParameters: Codable, Equatable {
     }
 
     public var freshBackbone: SegmentationBackbone.Fresh {
-        .init(imageSize: imageSize, patchSize: patchSize, depth: depth, dim: dim, heads: heads, stem: stem)
+        .init(imageSize: imageSize, patchSize: patchSize, depth: depth, dim: dim, heads: heads, stem: stem, source: backbone)
     }
 
     /// Optimiser settings for `totalSteps` steps.

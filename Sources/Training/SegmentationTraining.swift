@@ -7,6 +7,13 @@ import Imaging
 import Localization
 import StageKit
 
+/// Where a trainer's transformer comes from when no checkpoint is given: trained from scratch, or
+/// a pretrained ViT (the `vit_weights` input, made by `make pretrained` or
+/// Scripts/import_vit.py; its shape replaces depth/dim/heads/patch_size).
+public enum BackboneSource: String, ParameterChoice {
+    case scratch, pretrained
+}
+
 /// What both segmentation trainers (seg-train, single-stage-train) share: the backbone they start
 /// from, the epoch loop with validation, the val predictions and the checkpoint.
 public enum SegmentationBackbone {
@@ -14,23 +21,41 @@ public enum SegmentationBackbone {
     public struct Fresh {
         public var imageSize, patchSize, depth, dim, heads: Int
         public var stem: String
-        public init(imageSize: Int, patchSize: Int, depth: Int, dim: Int, heads: Int, stem: String) {
+        public var source: BackboneSource
+        public init(imageSize: Int, patchSize: Int, depth: Int, dim: Int, heads: Int, stem: String, source: BackboneSource = .scratch) {
             (self.imageSize, self.patchSize, self.depth, self.dim, self.heads, self.stem) = (imageSize, patchSize, depth, dim, heads, stem)
+            self.source = source
         }
     }
 
-    /// The backbone from a classifier checkpoint (`initPath`), or fresh with the `fresh` shape and
-    /// a pretrained stem from `stemPath` where the shape names one. `maskToken` adds FSR's mask token.
-    public static func make(initPath: String?, stemPath: String?, fresh: Fresh, dataset: DatasetReader, maskToken: Bool,
-                            seed: UInt64, log: (String) -> Void) throws -> (model: ViT, normalization: Normalization) {
+    /// The backbone from a classifier checkpoint (`initPath`); or, with `fresh.source` pretrained,
+    /// the ViT in `vitWeightsPath` at `fresh.imageSize` with fresh heads; or fresh with the `fresh`
+    /// shape and a pretrained stem from `stemPath` where the shape names one. `maskToken` adds
+    /// FSR's mask token.
+    public static func make(initPath: String?, stemPath: String?, vitWeightsPath: String? = nil, fresh: Fresh, dataset: DatasetReader,
+                            maskToken: Bool, seed: UInt64, log: (String) -> Void) throws -> (model: ViT, normalization: Normalization) {
         if let initPath {
             let initial = try Checkpoint(path: initPath)
             guard initial.classNames == dataset.classNames else {
                 throw StoreError(path: initPath, "was trained on classes \(initial.classNames), the dataset \(dataset.path) has \(dataset.classNames)")
             }
             if let stemPath { log("stem_weights \(stemPath) is not used: the backbone (and its stem) comes from init") }
+            if let vitWeightsPath { log("vit_weights \(vitWeightsPath) is not used: the backbone comes from init") }
             return (try initial.makeModel(maskToken: maskToken, seed: seed), initial.normalization)
         }
+        if fresh.source == .pretrained {
+            guard let vitWeightsPath else {
+                throw StageError("backbone=pretrained needs the weights: pass --in vit_weights=PATH (made by `make pretrained`)")
+            }
+            let weights = try PretrainedViTWeights(path: vitWeightsPath)
+            guard fresh.imageSize > 0, fresh.imageSize % weights.patchSize == 0 else {
+                throw StageError("backbone=pretrained needs image_size, a positive multiple of the patch size \(weights.patchSize) (e.g. \(8 * weights.patchSize)), got \(fresh.imageSize)")
+            }
+            if let stemPath { log("stem_weights \(stemPath) is not used with a pretrained ViT") }
+            return (try weights.makeModel(imageSize: fresh.imageSize, numClasses: dataset.numClasses, seed: seed, maskToken: maskToken),
+                    weights.normalization)
+        }
+        if let vitWeightsPath { log("vit_weights \(vitWeightsPath) is not used with backbone=scratch") }
         let size = fresh.imageSize > 0 ? fresh.imageSize : try dataset.split("train").size(0).width
         let config = ViTConfig(imageSize: size, patchSize: fresh.patchSize, depth: fresh.depth, dim: fresh.dim, heads: fresh.heads,
                                numClasses: dataset.numClasses, maskToken: maskToken, stem: fresh.stem)

@@ -32,12 +32,6 @@ enum InitScheme: String, ParameterChoice {
     case truncNormal = "trunc_normal", xavier
 }
 
-/// The transformer: trained from scratch (on the `stem`), or a pretrained ViT fine-tuned (the
-/// `vit_weights` input, made by `make pretrained`; its shape replaces depth/dim/heads/patch_size).
-enum Backbone: String, ParameterChoice {
-    case scratch, pretrained
-}
-
 enum Method: String, ParameterChoice {
     case baseline
     /// ACR: a second view, its classification losses and the attention consistency of all layers.
@@ -64,7 +58,9 @@ struct Params: StageParameters {
     /// "patch" (linear patch embedding) or a frozen pretrained convolutional stem
     /// ("efficientnet_lite0", weights from the `stem_weights` input; patch_size must be its stride 8).
     var stem = "efficientnet_lite0"
-    var backbone = Backbone.scratch
+    /// The transformer: trained from scratch (on the `stem`), or a pretrained ViT fine-tuned (the
+    /// `vit_weights` input, made by `make pretrained`; its shape replaces depth/dim/heads/patch_size).
+    var backbone = BackboneSource.scratch
     /// Layer-wise freezing: the embedding and the first n blocks are not trained (the backward
     /// stops above them).
     var frozenBlocks = 0

@@ -42,7 +42,7 @@ struct Params: StageParameters {
 let spec = StageSpec(
     name: "seg-train", version: "0.2.0",
     summary: "Trains a segmentation network (ViT + ASPP-lite decoder) on label maps or ground truth; predicts the val split.",
-    inputs: ["dataset"], optionalInputs: ["init", "labels", "stem_weights"], outputs: ["checkpoint", "predictions", "samples"])
+    inputs: ["dataset"], optionalInputs: ["init", "labels", "stem_weights", "vit_weights"], outputs: ["checkpoint", "predictions", "samples"])
 
 StageMain.run(spec, parameters: Params.self) { ctx in
     let p = ctx.params.common, supervision = ctx.params.supervision
@@ -89,7 +89,7 @@ StageMain.run(spec, parameters: Params.self) { ctx in
     guard !trainImages.isEmpty else { throw StoreError(path: datasetPath, "split 'train' is empty") }
 
     let (backbone, normalization) = try SegmentationBackbone.make(
-        initPath: ctx.optionalInput("init"), stemPath: ctx.optionalInput("stem_weights"),
+        initPath: ctx.optionalInput("init"), stemPath: ctx.optionalInput("stem_weights"), vitWeightsPath: ctx.optionalInput("vit_weights"),
         fresh: p.freshBackbone,
         dataset: dataset, maskToken: false, seed: UInt64(p.seed), log: { ctx.log.warning("\($0)") })
     let size = backbone.config.imageSize
@@ -102,7 +102,7 @@ StageMain.run(spec, parameters: Params.self) { ctx in
         valSplit: valSplit)
 
     print("seg-train: \(trainImages.count) training images (\(supervision.rawValue)), \(valSplit.count) val, \(size) px, " +
-          "backbone \(ctx.optionalInput("init") == nil ? "random" : "from init") (\(backbone.parameterCount) params), " +
+          "backbone \(ctx.optionalInput("init") != nil ? "from init" : p.backbone == .pretrained ? "pretrained" : "random") (\(backbone.parameterCount) params), " +
           "decoder \(network.decoder.parameterCount) params, \(settings.totalSteps) steps")
     fflush(stdout)
 

@@ -85,7 +85,7 @@ struct Params: StageParameters {
 let spec = StageSpec(
     name: "single-stage-train", version: "0.1.0",
     summary: "Trains classification + segmentation from image-level labels with online pseudo labels (baseline or FSR); predicts the val split.",
-    inputs: ["dataset"], optionalInputs: ["init", "stem_weights"], outputs: ["checkpoint", "predictions", "samples"])
+    inputs: ["dataset"], optionalInputs: ["init", "stem_weights", "vit_weights"], outputs: ["checkpoint", "predictions", "samples"])
 
 StageMain.run(spec, parameters: Params.self) { ctx in
     let p = ctx.params.common, s = ctx.params.own
@@ -106,7 +106,7 @@ StageMain.run(spec, parameters: Params.self) { ctx in
     guard !images.isEmpty else { throw StoreError(path: datasetPath, "split 'train' is empty") }
 
     let (backbone, normalization) = try SegmentationBackbone.make(
-        initPath: ctx.optionalInput("init"), stemPath: ctx.optionalInput("stem_weights"),
+        initPath: ctx.optionalInput("init"), stemPath: ctx.optionalInput("stem_weights"), vitWeightsPath: ctx.optionalInput("vit_weights"),
         fresh: p.freshBackbone,
         dataset: dataset, maskToken: s.method == .fsr, seed: UInt64(p.seed), log: { ctx.log.warning("\($0)") })
     let size = backbone.config.imageSize
@@ -154,7 +154,7 @@ StageMain.run(spec, parameters: Params.self) { ctx in
         ctx.log.warning("the transformer starts from random weights but trains at lr x \(p.backboneLRMultiplier) (backbone_lr_mult); without init use backbone_lr_mult=1")
     }
     print("single-stage-train: \(images.count) training images (\(run.summary)), \(valSplit.count) val, \(size) px, " +
-          "backbone \(ctx.optionalInput("init") == nil ? "random" : "from init") (\(backbone.parameterCount) params), " +
+          "backbone \(ctx.optionalInput("init") != nil ? "from init" : p.backbone == .pretrained ? "pretrained" : "random") (\(backbone.parameterCount) params), " +
           "decoder \(network.decoder.parameterCount) params, \(settings.optimizer.totalSteps) steps")
     fflush(stdout)
 

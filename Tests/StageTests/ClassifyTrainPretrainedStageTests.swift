@@ -69,4 +69,47 @@ final class ClassifyTrainPretrainedStageTests: XCTestCase {
         XCTAssertEqual(tooMany.status, 1)
         XCTAssertTrue(tooMany.stderr.contains("frozen_blocks 13 exceeds the model's 12 blocks"), tooMany.stderr)
     }
+
+    /// seg-train and single-stage-train start from the pretrained ViT directly (no classifier):
+    /// frozen weights stay the pretrained ones, the decoder's detail branch is stored, and a
+    /// size the patch does not divide is refused with one line.
+    func testSegmentationTrainersStartFromThePretrainedViT() throws {
+        let weightsPath = PretrainedViTParityTests.weights
+        guard FileManager.default.fileExists(atPath: weightsPath) else {
+            XCTFail("\(weightsPath) is missing: run `make pretrained` (make test does)")
+            return
+        }
+        let folder = try StageHarness.temporaryFolder()
+        defer { try? FileManager.default.removeItem(at: folder) }
+        func path(_ name: String) -> String { folder.appendingPathComponent(name).path }
+        let dataset = try StageHarness.tinyDataset(in: folder)
+        let common = ["backbone=pretrained", "image_size=28", "frozen_blocks=11", "epochs=1", "batch_size=4",
+                      "decoder_channels=8", "detail_channels=4", "val_every=0"]
+        for stage in ["seg-train", "single-stage-train"] {
+            let extra = stage == "seg-train" ? ["supervision=ground_truth"] : []
+            let run = try StageHarness.run(stage, ["--in", "dataset=\(dataset)", "--in", "vit_weights=\(weightsPath)",
+                                                   "--out", "checkpoint=\(path(stage + ".h5"))", "--out", "predictions=\(path(stage + "-pred.h5"))",
+                                                   "--out", "samples=\(path(stage + ".png"))"] + (common + extra).flatMap { ["--param", $0] })
+            XCTAssertEqual(run.status, 0, run.output)
+            let checkpoint = try Checkpoint(path: path(stage + ".h5"))
+            XCTAssertEqual(checkpoint.config.patchSize, 14, stage)
+            XCTAssertEqual(checkpoint.config.imageSize, 28, stage)
+            let stored = try checkpoint.tensors()
+            let pretrained = try PretrainedViTWeights(path: weightsPath).stateDict(for: checkpoint.config)
+            for name in ["pos_embed", "blocks.3.attn.qkv.weight", "blocks.10.ls1.gamma"] {
+                XCTAssertEqual(stored[name]?.values, pretrained[name]?.values, "\(stage): \(name) is frozen")
+            }
+            XCTAssertNotEqual(stored["blocks.11.attn.qkv.weight"]?.values, pretrained["blocks.11.attn.qkv.weight"]?.values, stage)
+            XCTAssertNotNil(stored["decoder.detail.0.weight"], stage)
+            XCTAssertNotNil(stored["decoder.merge.weight"], stage)
+        }
+        let odd = try StageHarness.run("seg-train", ["--in", "dataset=\(dataset)", "--in", "vit_weights=\(weightsPath)",
+                                                     "--out", "checkpoint=\(path("odd.h5"))", "--out", "predictions=\(path("odd-pred.h5"))",
+                                                     "--out", "samples=\(path("odd.png"))", "--param", "backbone=pretrained",
+                                                     "--param", "image_size=30", "--param", "supervision=ground_truth"])
+        XCTAssertEqual(odd.status, 1)
+        XCTAssertTrue(odd.stderr.contains("backbone=pretrained needs image_size, a positive multiple of the patch size 14"), odd.stderr)
+        XCTAssertEqual(odd.stderr.split(separator: "\n").count, 1, odd.stderr)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: path("odd.h5")))
+    }
 }
