@@ -321,10 +321,14 @@ public final class AttentionMapsReader {
     private let classRows: RaggedArrayReader<Float>
     private let gradients: RaggedArrayReader<Float>
     private let classes: RaggedArrayReader<Int32>
+    /// The class score whose attention gradients the file holds ("cls", "cam"), or "none" where
+    /// extract-attention skipped them (the gradient rows are then 0).
+    public let gradientScore: String
 
     public init(path: String) throws {
         artifact = try ArtifactReader(path: path, kind: .attention)
         let root = artifact.root
+        gradientScore = root.hasAttribute("gradient_score") ? try root.stringAttribute("gradient_score") : "cls"
         context = try MapContext.read(from: root)
         gridHeight = Int(try root.int64Attribute("grid_height"))
         gridWidth = Int(try root.int64Attribute("grid_width"))

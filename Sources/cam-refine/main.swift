@@ -57,6 +57,9 @@ StageMain.run(spec, parameters: Params.self) { ctx in
     let seeds = try ClassMapsReader(path: ctx.input("cams"))
     let attention = try AttentionMapsReader(path: ctx.input("attention"))
     try attention.checkPairing(with: seeds)
+    if method == .acr && attention.gradientScore == "none" {
+        throw StoreError(path: attention.artifact.path, "holds no attention gradients (extract-attention ran with gradient_score=none); method acr needs them: rerun it with gradient_score=cls")
+    }
 
     var split: DatasetSplit?
     if let datasetPath = ctx.optionalInput("dataset") {

@@ -33,7 +33,8 @@ struct Params: StageParameters {
     var scales: [Double] = [1.0]
     /// Also run mirrored images (their maps mirrored back) for the CAMs.
     var flip = false
-    /// Score whose attention gradients ACR reads: "cls" (class-token head, ACR's y_c) or "cam".
+    /// Score whose attention gradients ACR reads: "cls" (class-token head, ACR's y_c), "cam", or
+    /// "none" (no gradients; about one forward's time instead of one backward per present class).
     var gradientScore = GradientScore.cls
     var batchSize = 16
     /// 0 = every image of the split; otherwise the first `limit` images (quick runs).
@@ -82,8 +83,9 @@ StageMain.run(spec, parameters: Params.self) { ctx in
     let attentionArtifact = try ctx.createArtifact("attention", kind: .attention)
     let attention = try AttentionMapsWriter(attentionArtifact, context: context, gridHeight: g, gridWidth: g, layers: config.depth)
     try attentionArtifact.root.setAttribute("map_description",
-        "attention and ACR gradients (d \(score == .cls ? "class-token head" : "CAM head") logit / d softmax attention, class-token row, "
-        + "head mean, ReLU) at scale 1 unflipped (\(config.imageSize) px square input); weights \(p.useEMA ? "EMA" : "raw")")
+        (score == .none ? "attention (no ACR gradients: gradient_score none)"
+            : "attention and ACR gradients (d \(score == .cls ? "class-token head" : "CAM head") logit / d softmax attention, class-token row, head mean, ReLU)")
+        + " at scale 1 unflipped (\(config.imageSize) px square input); weights \(p.useEMA ? "EMA" : "raw")")
     try attentionArtifact.root.setAttribute("gradient_score", score.rawValue)
     try attentionArtifact.root.setAttribute("blas", blasLine)
 

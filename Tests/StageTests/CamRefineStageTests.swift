@@ -317,6 +317,16 @@ final class CamRefineStageTests: XCTestCase {
         let methods = try XCTUnwrap(json["methods"] as? [[String: Any]])
         let none = try XCTUnwrap(methods.first { $0["method"] as? String == "none" }?["miou"] as? Double)
         XCTAssertEqual(none, try XCTUnwrap(try evaluate(dataset: dataset, cams: path("seeds.h5"))["miou"] as? Double), accuracy: 1e-12)
+        // Attention without gradients serves every method but ACR's, which names the cause.
+        for name in ["refined.h5", "report.json", "chart.svg"] { try FileManager.default.removeItem(atPath: path(name)) }
+        let plain = try StageHarness.run("extract-attention", ["--in", "dataset=\(dataset)", "--in", "checkpoint=\(path("classifier.h5"))",
+            "--out", "cams=\(path("seeds.h5"))", "--out", "attention=\(path("attention.h5"))", "--out", "samples=\(path("samples.png"))",
+            "--param", "split=val", "--param", "gradient_score=none"])
+        XCTAssertEqual(plain.status, 0, plain.stderr)
+        XCTAssertEqual(try refine(["--param", "method=mean"]).status, 0)
+        for name in ["refined.h5", "report.json", "chart.svg"] { try FileManager.default.removeItem(atPath: path(name)) }
+        try assertRefused(try refine(["--param", "method=acr"]),
+            "\(path("attention.h5")): holds no attention gradients (extract-attention ran with gradient_score=none); method acr needs them: rerun it with gradient_score=cls")
     }
 
     // MARK: bad input

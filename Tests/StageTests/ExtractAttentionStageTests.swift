@@ -129,6 +129,34 @@ final class ExtractAttentionStageTests: XCTestCase {
         for n in 0..<3 { let m = try cams.maps(n); if !m.classes.isEmpty { XCTAssertEqual(m.values.max()!, 1) } }
     }
 
+    /// gradient_score=none: the same seeds and attention as with gradients, the gradient rows 0,
+    /// and the file says so.
+    func testWithoutGradientsSeedsAndAttentionAreUnchanged() throws {
+        let dataset = try StageHarness.tinyDataset(in: folder)
+        let reader = try DatasetReader(path: dataset)
+        _ = try writeCheckpoint(classNames: reader.classNames, to: path("ckpt.h5"))
+        XCTAssertEqual(try run(dataset, path("ckpt.h5"), ["limit=5"]).status, 0)
+        for name in ["cams.h5", "attention.h5"] {
+            try FileManager.default.moveItem(atPath: path(name), toPath: path("with-" + name))
+        }
+        let result = try run(dataset, path("ckpt.h5"), ["limit=5", "gradient_score=none"])
+        XCTAssertEqual(result.status, 0, result.stderr)
+        let (withCams, cams) = (try ClassMapsReader(path: path("with-cams.h5")), try ClassMapsReader(path: path("cams.h5")))
+        let (withAttention, attention) = (try AttentionMapsReader(path: path("with-attention.h5")), try AttentionMapsReader(path: path("attention.h5")))
+        XCTAssertEqual(withAttention.gradientScore, "cls")
+        XCTAssertEqual(attention.gradientScore, "none")
+        var gradientsSeen = 0
+        for n in 0..<5 {
+            XCTAssertEqual(try cams.maps(n).values, try withCams.maps(n).values)
+            let (a, b) = (try attention.record(n), try withAttention.record(n))
+            XCTAssertEqual(a.patchAttention, b.patchAttention)
+            XCTAssertEqual(a.classes, b.classes)
+            XCTAssertTrue(a.gradients.allSatisfy { $0 == 0 })
+            gradientsSeen += b.gradients.filter { $0 != 0 }.count
+        }
+        XCTAssertGreaterThan(gradientsSeen, 0, "the default run stores gradients")
+    }
+
     /// A checkpoint made by the real classify-train stage (EMA weights included) is accepted.
     func testRunsOnAClassifyTrainCheckpoint() throws {
         let dataset = try StageHarness.tinyDataset(in: folder)
@@ -173,7 +201,7 @@ final class ExtractAttentionStageTests: XCTestCase {
         let reader = try DatasetReader(path: dataset)
         _ = try writeCheckpoint(classNames: reader.classNames, to: path("ckpt.h5"))
         let score = try run(dataset, path("ckpt.h5"), ["gradient_score=logit"])
-        XCTAssertEqual(score.stderr, "error: extract-attention: parameter 'gradient_score' is invalid: 'logit' is not one of cls, cam\n")
+        XCTAssertEqual(score.stderr, "error: extract-attention: parameter 'gradient_score' is invalid: 'logit' is not one of cls, cam, none\n")
         let ema = try run(dataset, path("ckpt.h5"), ["use_ema=true"])
         XCTAssertEqual(ema.status, 1)
         XCTAssertTrue(ema.stderr.contains("use_ema is set but the checkpoint has no EMA weights"), ema.stderr)

@@ -8,6 +8,9 @@ public enum GradientScore: String, ParameterChoice, Sendable {
     case cls
     /// The CAM head's logit (global average of the patch scores).
     case cam
+    /// No gradient maps (their rows stay 0): one backward per present class is most of the
+    /// extraction's time, and only ACR's gradient localisation reads them.
+    case none
 }
 
 /// How `AttentionExtractor` runs the classifier.
@@ -167,7 +170,7 @@ public final class AttentionExtractor {
         // One backward per class slot k: image b back-propagates the score of its k-th present
         // class. Images do not interact in an inference forward, so each image's attention
         // gradient is that of its own score alone; the forward's caches serve every backward.
-        let slots = inputs.map(\.classes.count).max() ?? 0
+        let slots = options.gradientScore == .none ? 0 : inputs.map(\.classes.count).max() ?? 0
         let seed = Tensor(shape: [B, C])
         for k in 0..<slots {
             seed.zero()
