@@ -46,7 +46,8 @@ StageMain.run(spec, parameters: Params.self) { ctx in
     if p.sleep_ms > 0 { usleep(useconds_t(p.sleep_ms) * 1000) }
     if p.fail { throw StageError("failing as asked (fail: true)") }
 
-    let outPath = ctx.output("out")
+    let outFile = ctx.pendingOutput("out")
+    let outPath = outFile.temporaryPath
     guard let out = FileHandle(forWritingAtPath: outPath) ?? {
         _ = FileManager.default.createFile(atPath: outPath, contents: nil)
         return FileHandle(forWritingAtPath: outPath)
@@ -81,6 +82,6 @@ StageMain.run(spec, parameters: Params.self) { ctx in
     out.closeFile()
     let miou = p.factor / (p.factor + 1)
     let metrics = "{\"miou\": \(miou), \"label\": \"\(p.label)\", \"inputs\": \(ctx.inputPaths.count)}\n"
-    try Data(metrics.utf8).write(to: URL(fileURLWithPath: ctx.output("metrics")), options: .atomic)
+    try Data(metrics.utf8).write(to: URL(fileURLWithPath: ctx.pendingOutput("metrics").temporaryPath))
     testLog("end \(p.label)")
 }
