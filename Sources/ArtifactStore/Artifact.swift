@@ -35,7 +35,28 @@ public struct Provenance: Equatable, Sendable {
         self.producer = producer
         self.paramsJSON = paramsJSON
         self.inputs = inputs
-        self.createdAt = createdAt ?? ISO8601DateFormatter().string(from: Date())
+        self.createdAt = createdAt ?? Provenance.creationTime()
+    }
+
+    /// `created_at` for a new artifact: the time `SOURCE_DATE_EPOCH` names (whole seconds since
+    /// 1970, the reproducible-builds convention; `wsss` sets it for every stage it runs, see
+    /// `Runner.sourceDateEpoch`), so that a rerun with the same inputs writes the same bytes;
+    /// else the current time (a stage run by hand).
+    public static func creationTime(environment: [String: String] = ProcessInfo.processInfo.environment) -> String {
+        let date = (try? sourceDateEpoch(environment: environment)).flatMap { $0 } ?? Date()
+        let formatter = ISO8601DateFormatter()
+        formatter.timeZone = TimeZone(identifier: "UTC")
+        return formatter.string(from: date)
+    }
+
+    /// The date `SOURCE_DATE_EPOCH` names; nil when it is unset or empty; an error when it is not
+    /// a whole number of seconds (the convention says to refuse rather than guess).
+    public static func sourceDateEpoch(environment: [String: String] = ProcessInfo.processInfo.environment) throws -> Date? {
+        guard let text = environment["SOURCE_DATE_EPOCH"], !text.isEmpty else { return nil }
+        guard let seconds = Int64(text), seconds >= 0 else {
+            throw StoreError(path: "SOURCE_DATE_EPOCH", "'\(text)' is not a whole number of seconds since 1970")
+        }
+        return Date(timeIntervalSince1970: TimeInterval(seconds))
     }
 
     public var inputsJSON: String {
@@ -72,11 +93,20 @@ public struct Provenance: Equatable, Sendable {
 /// A file written under a hidden temporary name beside its destination and renamed into place
 /// on `commit()`; dropped without commit, the temporary file is deleted. Stages use it for every
 /// output (artifacts and side files such as PNGs and JSON), so a failed or killed stage never
-/// leaves something that looks like a result.
+/// leaves something that looks like a result. A file adopted by an `OutputSet` is placed with the
+/// set's other files, all or none.
 public final class PendingFile {
     public let destination: String
     public let temporaryPath: String
-    private var finished = false
+    /// Where the file that was at `destination` waits while its replacement is placed, until the
+    /// whole set is in place (then it is deleted) or a later file fails (then it is put back).
+    let previousPath: String
+    /// Completes the temporary file before it is placed (an artifact flushes and closes its HDF5 file).
+    var finishing: (() throws -> Void)?
+    fileprivate weak var set: OutputSet?
+    private var state = State.writing
+
+    enum State { case writing, placed(hadPrevious: Bool), done }
 
     public init(destination: String) {
         self.destination = destination
@@ -84,26 +114,134 @@ public final class PendingFile {
         let folder = url.deletingLastPathComponent()
         try? FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
         temporaryPath = folder.appendingPathComponent(".\(url.lastPathComponent).partial-\(getpid())").path
+        previousPath = folder.appendingPathComponent(".\(url.lastPathComponent).previous-\(getpid())").path
     }
 
-    /// Moves the finished file into place (atomic within one file system).
+    /// Moves the finished file into place (atomic within one file system). A file that belongs to
+    /// an output set is only finished here: the set places it with the others (`OutputSet.commit`).
     public func commit() throws {
-        precondition(!finished, "\(destination) committed twice")
-        finished = true
-        guard rename(temporaryPath, destination) == 0 else {
-            let reason = String(cString: strerror(errno))
-            unlink(temporaryPath)
-            throw StoreError(path: destination, "cannot move finished output into place: \(reason)")
+        if set != nil {
+            try finish()
+        } else {
+            try OutputSet.place([self])
         }
     }
 
+    func finish() throws {
+        let work = finishing
+        finishing = nil
+        try work?()
+    }
+
+    /// Renames the temporary file over the destination, keeping what was there under
+    /// `previousPath` (a hard link, so the destination never disappears) until `settle()` or `rollBack()`.
+    fileprivate func place() throws {
+        guard case .writing = state else { preconditionFailure("\(destination) committed twice") }
+        var info = stat()
+        guard lstat(temporaryPath, &info) == 0 else {
+            throw StoreError(path: destination, "the output was never written (no \(temporaryPath))")
+        }
+        unlink(previousPath)
+        var hadPrevious = false
+        var movedAside = false
+        if lstat(destination, &info) == 0, info.st_mode & S_IFMT != S_IFDIR {
+            if link(destination, previousPath) == 0 {
+                hadPrevious = true
+            } else if rename(destination, previousPath) == 0 {  // no hard links on this file system
+                hadPrevious = true
+                movedAside = true
+            }
+        }
+        guard rename(temporaryPath, destination) == 0 else {
+            let reason = String(cString: strerror(errno))
+            if movedAside { rename(previousPath, destination) } else if hadPrevious { unlink(previousPath) }
+            throw StoreError(path: destination, "cannot move finished output into place: \(reason)")
+        }
+        state = .placed(hadPrevious: hadPrevious)
+    }
+
+    /// Puts back what was at the destination before `place()`.
+    fileprivate func rollBack() {
+        guard case .placed(let hadPrevious) = state else { return }
+        if hadPrevious { rename(previousPath, destination) } else { unlink(destination) }
+        state = .done
+    }
+
+    /// The set is complete: the previous file is no longer needed.
+    fileprivate func settle() {
+        guard case .placed(let hadPrevious) = state else { return }
+        if hadPrevious { unlink(previousPath) }
+        state = .done
+    }
+
     public func abandon() {
-        guard !finished else { return }
-        finished = true
+        guard case .writing = state else { return }
+        state = .done
+        finishing = nil
         unlink(temporaryPath)
     }
 
     deinit { abandon() }
+}
+
+/// The outputs of one stage run, placed together: every file is finished first, then each is
+/// renamed into place; when one cannot be, those already placed get their previous content back,
+/// so a stage's outputs all change or none does.
+public final class OutputSet {
+    private var files: [PendingFile] = []
+    private var committed = false
+
+    public init() {}
+
+    /// Makes `file` part of this set: its own `commit()` then only finishes it.
+    public func adopt(_ file: PendingFile) {
+        precondition(!committed, "\(file.destination) added after its output set was committed")
+        file.set = self
+        files.append(file)
+    }
+
+    public var destinations: [String] { files.map(\.destination) }
+
+    /// Places every file (once; later calls do nothing).
+    public func commit() throws {
+        guard !committed else { return }
+        committed = true
+        do {
+            for file in files { try file.finish() }
+        } catch {
+            abandon()
+            throw error
+        }
+        try Self.place(files)
+    }
+
+    /// Deletes every temporary file not yet placed.
+    public func abandon() {
+        for file in files { file.abandon() }
+    }
+
+    /// All-or-none placement of finished files.
+    static func place(_ files: [PendingFile]) throws {
+        var seen: Set<String> = []
+        for file in files where !seen.insert(URL(fileURLWithPath: file.destination).standardizedFileURL.path).inserted {
+            files.forEach { $0.abandon() }
+            throw StoreError(path: file.destination, "is the destination of two outputs; each output needs its own file")
+        }
+        var placed: [PendingFile] = []
+        do {
+            for file in files {
+                try file.finish()
+                try file.place()
+                placed.append(file)
+            }
+        } catch {
+            for file in placed.reversed() { file.rollBack() }
+            files.forEach { $0.abandon() }
+            guard let failure = error as? StoreError, !placed.isEmpty else { throw error }
+            throw StoreError(path: failure.path, failure.problem + "; the outputs already placed were put back as they were")
+        }
+        for file in placed { file.settle() }
+    }
 }
 
 /// An artifact being written. It lives under a hidden temporary name beside its destination and
@@ -113,7 +251,8 @@ public final class ArtifactWriter {
     public let file: HDF5File
     public let root: HDF5Group
     public let provenance: Provenance
-    private let pending: PendingFile
+    /// The file's temporary name and destination; a stage adds it to its outputs' `OutputSet`.
+    public let pending: PendingFile
 
     public var destination: String { pending.destination }
     public var temporaryPath: String { pending.temporaryPath }
@@ -124,12 +263,15 @@ public final class ArtifactWriter {
         root = try file.root
         self.provenance = provenance
         try provenance.write(to: root)
+        pending.finishing = { [file] in
+            try file.flush()
+            file.close()
+        }
     }
 
-    /// Flushes, closes and renames the file into place (atomic within one file system).
+    /// Flushes, closes and renames the file into place (atomic within one file system); one that
+    /// belongs to a stage's output set is placed with the stage's other outputs.
     public func commit() throws {
-        try file.flush()
-        file.close()
         try pending.commit()
     }
 

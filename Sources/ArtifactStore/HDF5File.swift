@@ -24,7 +24,11 @@ public final class HDF5File {
         precondition(hdf5Ready)
         let access = strongCloseAccess()
         defer { H5Pclose(access) }
-        let id = H5Fcreate(path, wsss_H5F_ACC_TRUNC(), wsss_H5P_DEFAULT(), access)
+        // The root group, like every object made here, carries no modification time (see
+        // `untimed`): the same content written twice gives the same bytes.
+        let creation = untimed(H5Pcreate(wsss_H5P_FILE_CREATE()))
+        defer { H5Pclose(creation) }
+        let id = H5Fcreate(path, wsss_H5F_ACC_TRUNC(), creation, access)
         guard id >= 0 else { throw StoreError(path: path, "cannot create HDF5 file (check the folder exists and is writable)") }
         return HDF5File(path: path, id: id)
     }
@@ -72,6 +76,13 @@ public final class HDF5File {
     deinit { close() }
 }
 
+/// HDF5 stamps each object it creates with the time unless told not to; artifacts must not vary
+/// with the clock (a rerun has to reproduce its bytes for the runner's cache to see "unchanged").
+func untimed(_ creationProperties: hid_t) -> hid_t {
+    H5Pset_obj_track_times(creationProperties, false)
+    return creationProperties
+}
+
 /// A group inside an open file: datasets, subgroups and attributes.
 public final class HDF5Group {
     public let file: HDF5File
@@ -107,10 +118,28 @@ public final class HDF5Group {
     }
 
     public func createGroup(_ name: String) throws -> HDF5Group {
-        let gid = H5Gcreate2(id, name, wsss_H5P_DEFAULT(), wsss_H5P_DEFAULT(), wsss_H5P_DEFAULT())
+        let creation = untimed(H5Pcreate(wsss_H5P_GROUP_CREATE()))
+        defer { H5Pclose(creation) }
+        let gid = H5Gcreate2(id, name, wsss_H5P_DEFAULT(), creation, wsss_H5P_DEFAULT())
         guard gid >= 0 else { throw StoreError(path: file.path, "cannot create group '\(childPath(name))'") }
         H5Gclose(gid)
         return try HDF5Group(file: file, path: childPath(name))
+    }
+
+    /// Creates the missing groups on the way to `name` ("m/blocks.0.weight" needs "m"), untimed
+    /// like every other object (HDF5's own intermediate groups would carry a time).
+    func createParentGroups(of name: String) throws {
+        let parts = name.split(separator: "/").dropLast()
+        var prefix = ""
+        for part in parts {
+            prefix += prefix.isEmpty ? String(part) : "/" + part
+            guard H5Lexists(id, prefix, wsss_H5P_DEFAULT()) <= 0 else { continue }
+            let creation = untimed(H5Pcreate(wsss_H5P_GROUP_CREATE()))
+            defer { H5Pclose(creation) }
+            let gid = H5Gcreate2(id, prefix, wsss_H5P_DEFAULT(), creation, wsss_H5P_DEFAULT())
+            guard gid >= 0 else { throw StoreError(path: file.path, "cannot create group '\(childPath(prefix))'") }
+            H5Gclose(gid)
+        }
     }
 
     /// Names of the direct children (groups and datasets), in name order.
@@ -143,7 +172,7 @@ public final class HDF5Group {
     }
 
     func makeCreationProperties(chunk: [Int], compression: Compression) -> hid_t {
-        let dcpl = H5Pcreate(wsss_H5P_DATASET_CREATE())
+        let dcpl = untimed(H5Pcreate(wsss_H5P_DATASET_CREATE()))
         var chunkDims = chunk.map { hsize_t($0) }
         H5Pset_chunk(dcpl, Int32(chunkDims.count), &chunkDims)
         if case .zstd(let level) = compression {
@@ -173,10 +202,8 @@ public final class HDF5Group {
         let chunkShape = chunk ?? Self.defaultChunk(shape: shape, elementSize: MemoryLayout<T>.stride)
         let dcpl = makeCreationProperties(chunk: chunkShape, compression: compression)
         defer { H5Pclose(dcpl) }
-        let lcpl = H5Pcreate(wsss_H5P_LINK_CREATE())
-        H5Pset_create_intermediate_group(lcpl, 1)
-        defer { H5Pclose(lcpl) }
-        let dataset = H5Dcreate2(id, name, fileType, space, lcpl, dcpl, wsss_H5P_DEFAULT())
+        try createParentGroups(of: name)
+        let dataset = H5Dcreate2(id, name, fileType, space, wsss_H5P_DEFAULT(), dcpl, wsss_H5P_DEFAULT())
         guard dataset >= 0 else { throw StoreError(path: file.path, "cannot create dataset '\(childPath(name))'") }
         defer { H5Dclose(dataset) }
         if values.count > 0 {

@@ -10,6 +10,8 @@ static inline hid_t wsss_H5E_DEFAULT(void) { return H5E_DEFAULT; }
 static inline hsize_t wsss_H5S_UNLIMITED(void) { return H5S_UNLIMITED; }
 static inline hid_t wsss_H5P_FILE_ACCESS(void) { H5open(); return H5P_FILE_ACCESS; }
 static inline hid_t wsss_H5P_DATASET_CREATE(void) { H5open(); return H5P_DATASET_CREATE; }
+static inline hid_t wsss_H5P_FILE_CREATE(void) { H5open(); return H5P_FILE_CREATE; }
+static inline hid_t wsss_H5P_GROUP_CREATE(void) { H5open(); return H5P_GROUP_CREATE; }
 static inline hid_t wsss_H5P_LINK_CREATE(void) { H5open(); return H5P_LINK_CREATE; }
 static inline hid_t wsss_H5T_NATIVE_UINT8(void) { H5open(); return H5T_NATIVE_UINT8; }
 static inline hid_t wsss_H5T_NATIVE_INT32(void) { H5open(); return H5T_NATIVE_INT32; }

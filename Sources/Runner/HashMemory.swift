@@ -49,7 +49,9 @@ public final class HashMemory {
         var hashedAtNs: Int64
     }
 
-    public static let racyMarginNs: Int64 = 1_000_000_000
+    public static let defaultRacyMarginNs: Int64 = 1_000_000_000
+    /// How long after a file's last change its hash is trusted (tests shorten it to stay quick).
+    public var racyMarginNs = HashMemory.defaultRacyMarginNs
 
     let file: String
     private var entries: [String: Entry] = [:]
@@ -75,7 +77,7 @@ public final class HashMemory {
         guard before.isRegular else { throw RunnerError("\(path): not a regular file") }
         lock.lock()
         if let entry = entries[path], entry.stamp == before,
-           entry.hashedAtNs - max(before.mtimeNs, before.ctimeNs) >= Self.racyMarginNs {
+           entry.hashedAtNs - max(before.mtimeNs, before.ctimeNs) >= racyMarginNs {
             lock.unlock()
             return entry.hash
         }

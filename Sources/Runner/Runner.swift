@@ -1,5 +1,6 @@
 /// The pipeline runner behind `wsss`: decides which stages are stale and why, runs them in
 /// dependency order, and keeps their outputs in a content-addressed cache.
+import ArtifactStore
 import Foundation
 #if canImport(Glibc)
 import Glibc
@@ -385,8 +386,10 @@ public final class Runner: @unchecked Sendable {
                         }
                     })
                     let prefix = label(stage.name)
+                    // Read here, not on the stage's thread: this HDF5 library is not thread-safe.
+                    let epoch = Self.sourceDateEpoch(inputs: inputPaths.keys.sorted().map { inputPaths[$0]! })
                     let thread = Thread { [self] in
-                        let result = execute(stage, parts: parts, pipeline: pipeline, inputPaths: inputPaths, label: prefix)
+                        let result = execute(stage, parts: parts, pipeline: pipeline, inputPaths: inputPaths, sourceDateEpoch: epoch, label: prefix)
                         condition.lock()
                         finished.value.append((stage, parts, reasons, start, result))
                         condition.signal()
@@ -433,7 +436,8 @@ public final class Runner: @unchecked Sendable {
 
     /// Runs one stage into a private temporary folder and stores its outputs. Only an exit status
     /// of 0 with every declared output present gets stored; anything else leaves no trace.
-    func execute(_ stage: BoundStage, parts: KeyParts, pipeline: BoundPipeline, inputPaths: [String: String], label: String) -> Result<CacheEntry, RunnerError> {
+    func execute(_ stage: BoundStage, parts: KeyParts, pipeline: BoundPipeline, inputPaths: [String: String],
+                 sourceDateEpoch: Int64, label: String) -> Result<CacheEntry, RunnerError> {
         let key = parts.key
         let scratch = workspace.tmpDir + "/\(stage.name)-\(key.prefix(12))-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         defer { try? FileManager.default.removeItem(atPath: scratch) }
@@ -465,7 +469,7 @@ public final class Runner: @unchecked Sendable {
                 }
             }
             try checkExecutable("since the pipeline was loaded")
-            try runProcess(stage.executablePath, arguments: arguments, stageName: stage.name, label: label)
+            try runProcess(stage.executablePath, arguments: arguments, stageName: stage.name, label: label, sourceDateEpoch: sourceDateEpoch)
             try checkExecutable("while the stage ran")
 
             var outputs: [String: CacheEntry.Output] = [:]
@@ -492,14 +496,32 @@ public final class Runner: @unchecked Sendable {
         }
     }
 
+    /// `SOURCE_DATE_EPOCH` for a stage run, which its artifacts record as `created_at`: the newest
+    /// `created_at` among its artifact inputs (as in reproducible builds: the time of the newest
+    /// thing that went in), 0 when it reads none. It depends only on the inputs' content, which
+    /// the cache key covers, so a rerun of one key (`--force`, a rebuilt cache entry) writes the
+    /// same bytes and the stages after it stay cached.
+    static func sourceDateEpoch(inputs: [String]) -> Int64 {
+        let formatter = ISO8601DateFormatter()
+        var newest: Int64 = 0
+        for path in inputs where FileStamp.of(path)?.isRegular == true {
+            guard let file = try? HDF5File.open(path), let root = try? file.root, root.hasAttribute("created_at"),
+                  let text = try? root.stringAttribute("created_at"), let date = formatter.date(from: text) else { continue }
+            newest = max(newest, Int64(date.timeIntervalSince1970.rounded(.down)))
+        }
+        return newest
+    }
+
     /// Runs an executable with its output streamed line by line as "stage | line".
-    func runProcess(_ executable: String, arguments: [String], stageName: String, label: String) throws {
+    func runProcess(_ executable: String, arguments: [String], stageName: String, label: String, sourceDateEpoch: Int64) throws {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: executable)
         process.arguments = arguments
         process.currentDirectoryURL = URL(fileURLWithPath: workspace.root)
         var environment = ProcessInfo.processInfo.environment
         environment["WSSS_STAGE"] = stageName
+        // Always ours, never the caller's: the cache key does not cover the environment.
+        environment["SOURCE_DATE_EPOCH"] = String(sourceDateEpoch)
         process.environment = environment
         let pipe = Pipe()
         process.standardOutput = pipe

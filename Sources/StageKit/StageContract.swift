@@ -75,6 +75,9 @@ public final class StageContext<P: StageParameters> {
     public let outputPaths: [String: String]
     public let log: Logger
     private var inputHashes: [String: String] = [:]
+    /// Every output this run writes, placed together by `commitOutputs()`.
+    private let outputSet = OutputSet()
+    private var outputsStarted: Set<String> = []
 
     init(spec: StageSpec, params: P, paramsJSON: String, inputs: [String: String], outputs: [String: String]) {
         self.spec = spec
@@ -113,12 +116,43 @@ public final class StageContext<P: StageParameters> {
         return inputHashes
     }
 
-    /// Starts an output artifact with full provenance; call `commit()` on it when done.
+    /// Starts an output artifact with full provenance. It appears at its path with the stage's
+    /// other outputs, on `commitOutputs()` (its own `commit()` only completes it).
     public func createArtifact(_ outputName: String, kind: ArtifactKind, formatVersion: Int = 1) throws -> ArtifactWriter {
         let provenance = Provenance(
             kind: kind, formatVersion: formatVersion, producer: spec.producer,
             paramsJSON: paramsJSON, inputs: try inputContentHashes())
-        return try ArtifactWriter(path: output(outputName), provenance: provenance)
+        let writer = try ArtifactWriter(path: startOutput(outputName), provenance: provenance)
+        outputSet.adopt(writer.pending)
+        return writer
+    }
+
+    /// A side-file output (PNG, JSON, SVG): write it at `temporaryPath`; it appears at its path
+    /// with the stage's other outputs, on `commitOutputs()`.
+    public func pendingOutput(_ outputName: String) -> PendingFile {
+        let file = PendingFile(destination: startOutput(outputName))
+        outputSet.adopt(file)
+        return file
+    }
+
+    private func startOutput(_ name: String) -> String {
+        precondition(outputsStarted.insert(name).inserted, "\(spec.name) starts output '\(name)' twice")
+        return output(name)
+    }
+
+    /// Puts every output in place, all or none (see `OutputSet`); later calls do nothing.
+    /// `StageMain.run` calls it after the stage's body, so a stage need not, unless it reports
+    /// something after its outputs are in place.
+    public func commitOutputs() throws {
+        for name in spec.outputs where !outputsStarted.contains(name) {
+            throw StageError("internal: output '\(name)' was never written")
+        }
+        try outputSet.commit()
+    }
+
+    /// Deletes the temporary files of outputs not yet committed (a failed run leaves nothing).
+    func abandonOutputs() {
+        outputSet.abandon()
     }
 }
 
@@ -128,6 +162,7 @@ public enum StageMain {
     public static func run<P: StageParameters>(_ spec: StageSpec, parameters: P.Type = P.self, body: (StageContext<P>) throws -> Void) -> Never {
         LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
         let options = StageOptions.parseOrExit()
+        var context: StageContext<P>?
         do {
             if options.describe {
                 print(try describe(spec, defaults: P()))
@@ -137,10 +172,13 @@ public enum StageMain {
                 _ = try ParameterMerge.merge(P.self, layers: try parameterLayers(options))
                 exit(0)
             }
-            let context = try makeContext(spec, options: options, parameters: P.self)
-            try body(context)
+            context = try makeContext(spec, options: options, parameters: P.self)
+            try body(context!)
+            try context!.commitOutputs()
             exit(0)
         } catch {
+            // exit() runs no deinit: the temporary files go now.
+            context?.abandonOutputs()
             FileHandle.standardError.write(Data("error: \(spec.name): \(error)\n".utf8))
             exit(1)
         }
@@ -181,6 +219,20 @@ public enum StageMain {
         }
         for name in spec.outputs where outputs[name] == nil {
             throw StageError("missing output '\(name)': pass --out \(name)=PATH")
+        }
+        // Two outputs at one path would overwrite each other (and share a temporary name).
+        var outputByPath: [String: String] = [:]
+        for name in outputs.keys.sorted() {
+            let path = URL(fileURLWithPath: outputs[name]!).resolvingSymlinksInPath().standardizedFileURL.path
+            if let other = outputByPath[path] {
+                throw StageError("outputs '\(other)' and '\(name)' are both given the path \(outputs[name]!): each output needs its own file")
+            }
+            outputByPath[path] = name
+        }
+        do {
+            _ = try Provenance.sourceDateEpoch()
+        } catch {
+            throw StageError("\(error)")
         }
         let (params, json) = try ParameterMerge.merge(P.self, layers: try parameterLayers(options))
         return StageContext(spec: spec, params: params, paramsJSON: json, inputs: inputs, outputs: outputs)

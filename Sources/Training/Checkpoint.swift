@@ -17,8 +17,8 @@ import Foundation
 //                        blas           the OpenBLAS configuration line
 //                        segmenters:    decoder_config (SegDecoderConfig JSON; the network predicts
 //                                       0...C), supervision
-//                        stage-specific attributes (classifier: method, train_images, val_images,
-//                                       train_seconds; single stage: method, single_stage,
+//                        stage-specific attributes (classifier: method, train_images, val_images;
+//                                       single stage: method, single_stage,
 //                                       pseudo_labels and with FSR fsr_head_config, all JSON)
 //     /weights/<name>    float32, PyTorch state-dict names and shapes (cam_head.weight is [C, D]);
 //                        decoder weights under decoder.*; a model with a pretrained stem also stores
@@ -28,7 +28,8 @@ import Foundation
 //     /fsr_weights/<name>, /fsr_ema_weights/<name>   single-stage FSR: student and teacher FSR heads
 //     /optimizer/m/<name>, /optimizer/v/<name>   AdamW moments (for resuming), attribute step
 //     /log/...           training log (TrainingLog): per-epoch 1-D float64 arrays (epoch_loss,
-//                        train_map, val_map, val_f1, val_miou, lr, epoch_seconds, ...) and step_loss
+//                        train_map, val_map, val_f1, val_miou, lr, ...) and step_loss; no wall-clock
+//                        times (the log lines have them), so a rerun writes the same bytes
 
 /// A named float32 array to store; the caller keeps `data` alive until `Checkpoint.write` returns.
 public struct StoredTensor {

@@ -213,7 +213,7 @@ public final class ClassifierSession {
                 log.append("ema_val_f1", emaMetrics.macroF1)
                 line += ", EMA val mAP \(String(format: "%.3f", emaMetrics.mAP)) F1 \(String(format: "%.3f", emaMetrics.macroF1))"
             }
-            log.append("epoch_seconds", Date().timeIntervalSince(epochStart))
+            // The epoch's time goes to the log line only: the checkpoint must not depend on the clock.
             logger.info("\(line) [\(String(format: "%.1f", Date().timeIntervalSince(epochStart))) s]")
         }
     }

@@ -103,6 +103,8 @@ public final class SegmentationSession {
     public let predictor: SegmentationPredictor
     public let valSplit: DatasetSplit
     public private(set) var log = TrainingLog()
+    /// Wall-clock seconds of the epochs, for the closing line (not stored).
+    private var trainingSeconds = 0.0
 
     public init(name: String, network: SegNetwork, schedule: SegmentationSchedule, predictor: SegmentationPredictor, valSplit: DatasetSplit) {
         self.name = name
@@ -158,7 +160,7 @@ public final class SegmentationSession {
             let seconds = Date().timeIntervalSince(started)
             log.append("epoch_loss", lossCount > 0 ? lossSum / Double(lossCount) : 0)
             log.append("lr", learningRate())
-            log.append("epoch_seconds", seconds)
+            trainingSeconds += seconds  // not in the log: the checkpoint must not depend on the clock
             var line = String(format: "%@: epoch %d/%d loss %.4f (%.1f s)", name, epoch, schedule.epochs, log.series["epoch_loss"]!.last!, seconds)
             if epoch < schedule.epochs && schedule.valEvery > 0 && epoch % schedule.valEvery == 0 {
                 var none: [RGBImage] = []
@@ -190,13 +192,12 @@ public final class SegmentationSession {
         let checkpoint = try ctx.createArtifact("checkpoint", kind: .checkpoint, formatVersion: Checkpoint.formatVersion)
         try withExtendedLifetime(frozen) { try Checkpoint.write(contents, to: checkpoint.root) }
 
-        let picture = PendingFile(destination: ctx.output("samples"))
+        let picture = ctx.pendingOutput("samples")
         try PNG.write(pictures.isEmpty ? RGBImage(width: 1, height: 1) : RGBImage.grid(pictures, columns: 2, gap: 6, margin: true), to: picture.temporaryPath)
         try writer.finish()
-        try checkpoint.commit()
-        try picture.commit()
+        try ctx.commitOutputs()
         print(String(format: "%@: val mIoU %.4f, pixel accuracy %.4f (scales %@, flip %@), %.0f s training", name,
                      confusion.meanIoU, confusion.pixelAccuracy, predictor.scales.map { String($0) }.joined(separator: ","),
-                     predictor.flip ? "yes" : "no", (log.series["epoch_seconds"] ?? []).reduce(0, +)))
+                     predictor.flip ? "yes" : "no", trainingSeconds))
     }
 }

@@ -159,11 +159,13 @@ StageMain.run(spec, parameters: Params.self) { ctx in
         progress.advance()
     }
 
-    // Report.
+    // Report. Inputs by content hash, not path: a path names the workspace, and the same inputs
+    // must give the same bytes wherever they are.
+    let inputHashes = try ctx.inputContentHashes()
     var report: [String: Any] = [
         "method": method.rawValue, "layers": layers, "attention_layers": layerCount,
         "grid": [attention.gridHeight, attention.gridWidth], "images": seeds.count, "split": seeds.context.split,
-        "seeds": seeds.artifact.path, "attention": attention.artifact.path, "map_description": description,
+        "seeds": inputHashes["cams"]!, "attention": inputHashes["attention"]!, "map_description": description,
     ]
     if method == .areaM { report["aream_weighting"] = weighting.rawValue }
     if method == .acr { report["acr"] = ["gradient_layers": gradientLayers, "use_affinity": p.acrUseAffinity] }
@@ -229,13 +231,12 @@ StageMain.run(spec, parameters: Params.self) { ctx in
     }
 
     let reportText = String(decoding: try JSONSerialization.data(withJSONObject: report, options: [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes]), as: UTF8.self)
-    let reportFile = PendingFile(destination: ctx.output("report"))
+    let reportFile = ctx.pendingOutput("report")
     try Data((reportText + "\n").utf8).write(to: URL(fileURLWithPath: reportFile.temporaryPath))
-    let chartFile = PendingFile(destination: ctx.output("chart"))
+    let chartFile = ctx.pendingOutput("chart")
     try Data(chart.utf8).write(to: URL(fileURLWithPath: chartFile.temporaryPath))
     try writer.finish()
-    try reportFile.commit()
-    try chartFile.commit()
+    try ctx.commitOutputs()
 
     if !table.isEmpty { print(table, terminator: "") }
     var line = "cam-refine: \(method.rawValue) on \(seeds.count) images of split '\(seeds.context.split)', layers \(layers)"

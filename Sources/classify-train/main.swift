@@ -276,15 +276,15 @@ StageMain.run(spec, parameters: Params.self) { ctx in
     let augmentation = p.augmentation
     try session.run(epochs: p.epochs, augmentation: augmentation, log: ctx.log)
 
-    // Only a finished run writes a checkpoint; the writer renames into place on commit.
+    // Only a finished run writes a checkpoint; it is renamed into place on commit.
     let writer = try ctx.createArtifact("checkpoint", kind: .checkpoint, formatVersion: Checkpoint.formatVersion)
     var contents = Checkpoint.Contents(modelConfig: config, normalization: normalization, classNames: dataset.classNames,
                                        optimizer: try .json(settings), augmentation: augmentation, seed: p.seed,
                                        epochsCompleted: p.epochs, stepsCompleted: trainer.step)
     contents.attributes = ["method": .text(p.method.rawValue), "train_images": .integer(train.count), "val_images": .integer(val.count),
-                           "blas": .text(blasLine), "train_seconds": .number(Date().timeIntervalSince(started))]
+                           "blas": .text(blasLine)]
     try session.withContents(contents, saveOptimizerState: p.saveOptimizerState) { try Checkpoint.write($0, to: writer.root) }
-    try writer.commit()
+    try ctx.commitOutputs()
     let finalF1 = session.log.series["val_f1"]?.last ?? .nan
     ctx.log.info("wrote \(ctx.output("checkpoint")): val F1 \(String(format: "%.3f", finalF1)) after \(p.epochs) epochs in \(String(format: "%.0f", Date().timeIntervalSince(started))) s")
 }

@@ -160,17 +160,14 @@ func write(_ evaluation: Evaluation, classNames: [String], ctx: StageContext<Par
         try root.write("sweep_miou", sweep.miou)
     }
     try root.setAttribute("metrics_json", text)
-    let jsonFile = PendingFile(destination: ctx.output("metrics_json"))
+    let jsonFile = ctx.pendingOutput("metrics_json")
     try Data((text + "\n").utf8).write(to: URL(fileURLWithPath: jsonFile.temporaryPath))
-    let panelFile = PendingFile(destination: ctx.output("panels"))
+    let panelFile = ctx.pendingOutput("panels")
     let picture = evaluation.panels.isEmpty ? RGBImage(width: 1, height: 1) : RGBImage.vstack(evaluation.panels, gap: 4)
     try PNG.write(picture, to: panelFile.temporaryPath)
-    let confusionFile = PendingFile(destination: ctx.output("confusion"))
+    let confusionFile = ctx.pendingOutput("confusion")
     try Data(confusionPicture(evaluation, names: names).utf8).write(to: URL(fileURLWithPath: confusionFile.temporaryPath))
-    try artifact.commit()
-    try jsonFile.commit()
-    try panelFile.commit()
-    try confusionFile.commit()
+    try ctx.commitOutputs()
 
     var line = "evaluate: \(evaluation.subjectKind) on \(evaluation.split) (\(evaluation.images) images): mIoU \(String(format: "%.4f", evaluation.confusion.meanIoU))"
     if let t = evaluation.extra["best_threshold"] as? Double { line += " at background \(String(format: "%.2f", t))" }

@@ -136,11 +136,11 @@ StageMain.run(spec, parameters: Params.self) { ctx in
         start += indices.count
     }
     let seconds = Date().timeIntervalSince(started)
-    let picture = PendingFile(destination: ctx.output("samples"))
+    let picture = ctx.pendingOutput("samples")
     try PNG.write(pictures.isEmpty ? RGBImage(width: 1, height: 1) : RGBImage.grid(pictures, columns: 1, gap: 6, margin: true), to: picture.temporaryPath)
     try cams.finish()
     try attention.finish()
-    try picture.commit()
+    try ctx.commitOutputs()
     func size(_ path: String) -> Double { Double(((try? FileManager.default.attributesOfItem(atPath: path))?[.size] as? NSNumber)?.int64Value ?? 0) }
     let perImage = count > 0 ? (size(ctx.output("cams")) + size(ctx.output("attention"))) / Double(count) : 0
     print("extract-attention: \(count) images of split '\(split.name)' in \(String(format: "%.1f", seconds)) s "

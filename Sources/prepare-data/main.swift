@@ -181,7 +181,7 @@ StageMain.run(spec, parameters: Params.self) { ctx in
         }
         reporter.advance(by: done - reporter.done)
     }
-    for (split, files) in splitObjectFiles {
+    for (split, files) in splitObjectFiles.sorted(by: { $0.key < $1.key }) {  // not dictionary order: same bytes every run
         let group = try root.group(split)
         try group.setAttribute("object_images", files.images)
         try group.setAttribute("object_labels", files.labels)
@@ -194,13 +194,11 @@ StageMain.run(spec, parameters: Params.self) { ctx in
         withJSONObject: ["method": OtsuBaseline.summary, "split": baselineSplit, "miou": baseline.isNaN ? NSNull() as Any : baseline as Any],
         options: [.sortedKeys]), as: UTF8.self))
 
-    // The contact sheet goes under a temporary name and moves into place only after the dataset
-    // has, so a failed run leaves neither.
-    let sheetFile = PendingFile(destination: ctx.output("contact_sheet"))
+    // The contact sheet and the dataset move into place together, so a failed run leaves neither.
+    let sheetFile = ctx.pendingOutput("contact_sheet")
     let sheet = RGBImage.grid(report.sheetSamples.map { sheetCell($0) }, columns: 4, gap: 8, margin: true)
     try PNG.write(sheet, to: sheetFile.temporaryPath)
-    try artifact.commit()
-    try sheetFile.commit()
+    try ctx.commitOutputs()
 
     let elapsed = Date().timeIntervalSince(started)
     let fileBytes = (try? FileManager.default.attributesOfItem(atPath: artifact.destination)[.size] as? NSNumber)?.int64Value ?? 0

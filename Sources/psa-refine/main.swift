@@ -206,17 +206,16 @@ StageMain.run(spec, parameters: Params.self) { ctx in
         refining.advance()
     }
     let refineSeconds = Date().timeIntervalSince(refineStart)
-    let picture = PendingFile(destination: ctx.output("samples"))
+    let picture = ctx.pendingOutput("samples")
     try PNG.write(pictures.isEmpty ? RGBImage(width: 1, height: 1) : RGBImage.grid(pictures, columns: 2, gap: 6, margin: true), to: picture.temporaryPath)
     // Training outcome beside the parameters (provenance), so a run can be compared with another.
     let root = writer.artifact.root
     try root.setAttribute("psa_pairs_per_epoch", Int64(pairCount))
     try root.setAttribute("blas", blasLine)
-    try root.setAttribute("psa_train_seconds", trainSeconds)
     try root.setAttribute("psa_final_loss", lastParts?.total ?? .nan)
     try root.setAttribute("psa_walk_changed_fraction", Double(changed) / Double(max(total, 1)))
     try writer.finish()
-    try picture.commit()
+    try ctx.commitOutputs()
     let loss = lastParts.map { String(format: "%.4f (bg+ %.4f, fg+ %.4f, neg %.4f)", $0.total, $0.backgroundPositive, $0.foregroundPositive, $0.negative) } ?? "n/a"
     print("psa-refine: \(items.count) images of split '\(split.name)'; \(pairCount) pairs per epoch; train \(String(format: "%.2f", trainSeconds)) s, last loss \(loss); "
         + "walk (\(p.walk.rawValue)) \(String(format: "%.1f", Double(items.count) / max(refineSeconds, 1e-9))) img/s; "

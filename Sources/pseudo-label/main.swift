@@ -68,9 +68,9 @@ StageMain.run(spec, parameters: Params.self) { ctx in
         }
         progress.advance()
     }
-    let picture = PendingFile(destination: ctx.output("samples"))
+    let picture = ctx.pendingOutput("samples")
     try PNG.write(pictures.isEmpty ? RGBImage(width: 1, height: 1) : RGBImage.grid(pictures, columns: 2, gap: 6, margin: true), to: picture.temporaryPath)
     try writer.finish()
-    try picture.commit()
+    try ctx.commitOutputs()
     print("pseudo-label: \(maps.count) images of split '\(split.name)', \(String(format: "%.1f", 100 * Double(labelled) / Double(max(total, 1))))% of pixels labelled")
 }

@@ -1,7 +1,9 @@
 // A small stage that follows the stage contract, for the runner's tests and measurements.
 // It writes `out` (a text summary of its parameters and of its inputs' content, followed by
 // `payload_bytes` deterministic bytes) and `metrics` (JSON with `miou` = factor / (factor + 1)).
-// It can be told to sleep, to fail, or to kill itself with SIGKILL half-way through writing.
+// It can be told to sleep, to fail, to kill itself with SIGKILL half-way through writing, or to
+// create a marker file and wait for another's (so tests can prove that two stages overlap, or
+// hold a stage running, without timing anything).
 import Crypto
 import Foundation
 import StageKit
@@ -14,6 +16,11 @@ struct Params: StageParameters {
     var fail = false
     /// When this file exists, write part of `out`, then SIGKILL this process.
     var kill_if_exists = ""
+    /// A file to create once started.
+    var touch = ""
+    /// A file to wait for after starting (and touching); gives up with an error after `wait_ms`.
+    var wait_for = ""
+    var wait_ms = 60_000
     init() {}
 }
 
@@ -43,10 +50,20 @@ StageMain.run(spec, parameters: Params.self) { ctx in
         summary += "\(name)=" + SHA256.hash(data: data).map { String(format: "%02x", $0) }.joined() + "\n"
     }
     ctx.log.info("working on \(p.label)")
+    if !p.touch.isEmpty { _ = FileManager.default.createFile(atPath: p.touch, contents: nil) }
+    if !p.wait_for.isEmpty {
+        var waited = 0
+        while !FileManager.default.fileExists(atPath: p.wait_for) {
+            guard waited < p.wait_ms else { throw StageError("gave up waiting for \(p.wait_for) after \(p.wait_ms) ms") }
+            usleep(10_000)
+            waited += 10
+        }
+    }
     if p.sleep_ms > 0 { usleep(useconds_t(p.sleep_ms) * 1000) }
     if p.fail { throw StageError("failing as asked (fail: true)") }
 
-    let outPath = ctx.output("out")
+    let outFile = ctx.pendingOutput("out")
+    let outPath = outFile.temporaryPath
     guard let out = FileHandle(forWritingAtPath: outPath) ?? {
         _ = FileManager.default.createFile(atPath: outPath, contents: nil)
         return FileHandle(forWritingAtPath: outPath)
@@ -81,6 +98,6 @@ StageMain.run(spec, parameters: Params.self) { ctx in
     out.closeFile()
     let miou = p.factor / (p.factor + 1)
     let metrics = "{\"miou\": \(miou), \"label\": \"\(p.label)\", \"inputs\": \(ctx.inputPaths.count)}\n"
-    try Data(metrics.utf8).write(to: URL(fileURLWithPath: ctx.output("metrics")), options: .atomic)
+    try Data(metrics.utf8).write(to: URL(fileURLWithPath: ctx.pendingOutput("metrics").temporaryPath))
     testLog("end \(p.label)")
 }

@@ -19,6 +19,10 @@ let productsDirectory: String = {
 /// A throwaway workspace with `Pipelines/`, a test-stage log, and helpers to run the runner in
 /// process (for structured results) or the real `wsss` binary (for the command line).
 final class TestWorkspace {
+    /// The hash memory's racy margin in these tests: short, so that a test waits for it to pass
+    /// (`waitPastRacyMargin`) in a fraction of a second rather than the default second.
+    static let racyMarginNs: Int64 = 100_000_000
+
     let root: String
     let log: String
     var lines: [String] = []
@@ -64,11 +68,48 @@ final class TestWorkspace {
     }
 
     func runner() -> Runner {
-        Runner(workspace: Workspace(root: root), binDir: productsDirectory, console: Console { [self] line in
+        let runner = Runner(workspace: Workspace(root: root), binDir: productsDirectory, console: Console { [self] line in
             lock.lock()
             lines.append(line)
             lock.unlock()
         })
+        runner.memory.racyMarginNs = Self.racyMarginNs
+        return runner
+    }
+
+    /// Waits (up to `timeout` seconds) until the runner has printed a line that `matches`.
+    func waitForLine(timeout: TimeInterval = 60, _ matches: (String) -> Bool) -> Bool {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            lock.lock()
+            let found = lines.contains(where: matches)
+            lock.unlock()
+            if found { return true }
+            usleep(10_000)
+        }
+        return false
+    }
+
+    /// Waits until the test-stage log has a line that `matches` (up to `timeout` seconds).
+    func waitForLogLine(timeout: TimeInterval = 60, _ matches: (String) -> Bool) -> Bool {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            if logLines().contains(where: matches) { return true }
+            usleep(10_000)
+        }
+        return false
+    }
+
+    /// Waits until every file in the workspace last changed more than the racy margin ago, so
+    /// that the hashes taken from now on are remembered and trusted.
+    func waitPastRacyMargin() {
+        var newest: Int64 = 0
+        if let walker = FileManager.default.enumerator(atPath: root) {
+            while let relative = walker.nextObject() as? String {
+                if let stamp = FileStamp.of(root + "/" + relative) { newest = max(newest, stamp.mtimeNs, stamp.ctimeNs) }
+            }
+        }
+        while nowNanoseconds() - newest <= Self.racyMarginNs { usleep(10_000) }
     }
 
     func load(_ pipeline: String, overrides: [String] = []) throws -> (Runner, BoundPipeline) {

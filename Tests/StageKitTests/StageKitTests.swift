@@ -69,6 +69,39 @@ final class StageContractTests: XCTestCase {
         }
     }
 
+    func testTwoOutputsAtOnePathAreRefusedUpFront() throws {
+        let twoOutputs = StageSpec(name: "pair", version: "1", summary: "test", inputs: [], outputs: ["cams", "samples"])
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("pair-\(UUID().uuidString)").path
+        XCTAssertThrowsError(try StageMain.makeContext(twoOutputs, options: try StageOptions.parse(
+            ["--out", "cams=\(folder)/x.h5", "--out", "samples=\(folder)/sub/../x.h5"]), parameters: Knobs.self)) { error in
+            XCTAssertEqual("\(error)", "outputs 'cams' and 'samples' are both given the path \(folder)/sub/../x.h5: each output needs its own file")
+        }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: folder), "nothing is written")
+    }
+
+    func testOutputsAreCommittedAllOrNone() throws {
+        let twoOutputs = StageSpec(name: "pair", version: "1", summary: "test", inputs: [], outputs: ["report", "samples"])
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("pair-\(UUID().uuidString)").path
+        defer { try? FileManager.default.removeItem(atPath: folder) }
+        try FileManager.default.createDirectory(atPath: folder + "/samples.png", withIntermediateDirectories: true)
+        try Data("previous report".utf8).write(to: URL(fileURLWithPath: folder + "/report.json"))
+        let ctx = try StageMain.makeContext(twoOutputs, options: try StageOptions.parse(
+            ["--out", "report=\(folder)/report.json", "--out", "samples=\(folder)/samples.png"]), parameters: Knobs.self)
+        let report = ctx.pendingOutput("report")
+        try Data("new report".utf8).write(to: URL(fileURLWithPath: report.temporaryPath))
+        XCTAssertThrowsError(try ctx.commitOutputs()) { error in
+            XCTAssertEqual("\(error)", "internal: output 'samples' was never written")
+        }
+        let samples = ctx.pendingOutput("samples")
+        try Data("png".utf8).write(to: URL(fileURLWithPath: samples.temporaryPath))
+        // The second output cannot be moved into place (a folder is in the way): the first is rolled back.
+        XCTAssertThrowsError(try ctx.commitOutputs()) { error in
+            XCTAssertTrue("\(error)".hasPrefix("\(folder)/samples.png: cannot move finished output into place: "), "\(error)")
+        }
+        XCTAssertEqual(FileManager.default.contents(atPath: folder + "/report.json"), Data("previous report".utf8))
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: folder).sorted(), ["report.json", "samples.png"])
+    }
+
     func testDescribeListsContractAndDefaults() throws {
         let text = try StageMain.describe(spec, defaults: Knobs())
         let object = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any])

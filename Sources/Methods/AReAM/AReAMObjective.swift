@@ -27,15 +27,15 @@ public final class AReAMObjective: TrainingObjective {
 
     /// aff_loss: the layer-weighted eq. 15 before `lossWeight` (0 during the warm-up); the
     /// fractions of the batch's token pairs that are positive and ignored; the fraction of images
-    /// whose CAMs are blank (no positive score: ignored); the seconds spent.
-    public let termNames = ["aff_loss", "aff_positive_fraction", "aff_ignored_fraction", "aff_blank_cam_fraction", "aff_seconds"]
+    /// whose CAMs are blank (no positive score: ignored). (No time: the log goes into the
+    /// checkpoint, whose bytes must not depend on the clock.)
+    public let termNames = ["aff_loss", "aff_positive_fraction", "aff_ignored_fraction", "aff_blank_cam_fraction"]
 
     public func contribute(model: ViT, images: Tensor, labels multiHot: UnsafePointer<Float>, activations acts: ViTActivations,
                     grads: inout ViTOutputGrads, step: Int) throws -> ObjectiveContribution {
         guard step >= warmupSteps else {
             return ObjectiveContribution(loss: 0, terms: Dictionary(uniqueKeysWithValues: termNames.map { ($0, 0) }))
         }
-        let started = Date()
         let B = images.shape[0], S = images.shape[1]
         let L = acts.attnProbs.count, H = acts.attnProbs[0].shape[1], T = acts.attnProbs[0].shape[2]
         let n = T - 1, C = acts.patchScores.shape[2]
@@ -97,7 +97,6 @@ public final class AReAMObjective: TrainingObjective {
             "aff_positive_fraction": Double(counted.positives) / pairs,
             "aff_ignored_fraction": (pairs - Double(counted.positives + counted.negatives)) / pairs,
             "aff_blank_cam_fraction": Double(made.blankCams) / Double(B),
-            "aff_seconds": Date().timeIntervalSince(started),
         ])
     }
 }
