@@ -64,9 +64,9 @@ $(VIT_WEIGHTS): | $(VENV_READY)
 
 pretrained: $(STEM_WEIGHTS) $(VIT_WEIGHTS)
 
-# Six pipelines fit the demo's 30 minutes on 2 cores. multi-stage-areaM-inference.yaml (AReAM's
-# refinement alone, on the baseline classifier) is left out to stay inside them: after a demo it
-# reuses the cached classifier and seeds and takes about 2 minutes, e.g.
+# The six demo pipelines (on the pretrained ViT-S/14; README "Two commands" says how long they
+# take on 2 cores). multi-stage-areaM-inference.yaml (AReAM's refinement alone, on the baseline
+# classifier) is left out: after a demo it reuses the cached classifier and seeds, e.g.
 #   make demo DEMO_PIPELINES="$(ls Pipelines/multi-stage-*.yaml Pipelines/single-stage-*.yaml Pipelines/fully-supervised.yaml)"
 DEMO_PIPELINES ?= Pipelines/multi-stage-baseline.yaml \
 	Pipelines/multi-stage-areaM.yaml Pipelines/multi-stage-acr.yaml \
@@ -90,7 +90,7 @@ demo: build pretrained
 
 # Every demo pipeline with training seeds 0, 1 and 2 (same scenes), then mean and standard
 # deviation per summary field: Artifacts/compare/compare.md and compare.json. Seed 0 is the demo's
-# own run (cached after `make demo`); seeds 1 and 2 are a whole demo each (~27 min on 2 cores).
+# own run (cached after `make demo`); seeds 1 and 2 are a whole demo each (about two hours on 2 cores).
 COMPARE_SEEDS := 0 1 2
 compare: build pretrained
 	@for s in $(COMPARE_SEEDS); do \

@@ -110,8 +110,12 @@ final class AttentionExtractionTests: XCTestCase {
                     }
                 }
                 XCTAssertEqual(r.gradients.count, input.classes.count * L * n)
-                assertClose(r.gradients, grads, tolerance: 1e-4, "gradients \(score)")
-                if !input.classes.isEmpty { XCTAssertGreaterThan(r.gradients.max()!, 0, "gradients vanish") }
+                if score == .none {
+                    XCTAssertTrue(r.gradients.allSatisfy { $0 == 0 }, "gradient_score none stores zero rows")
+                } else {
+                    assertClose(r.gradients, grads, tolerance: 1e-4, "gradients \(score)")
+                    if !input.classes.isEmpty { XCTAssertGreaterThan(r.gradients.max()!, 0, "gradients vanish") }
+                }
                 XCTAssertEqual(r.logits.count, C)
                 XCTAssertEqual(r.logits[0], score == .cls ? acts.clsLogits[0, 0] : acts.camLogits[0, 0], accuracy: 1e-5)
                 _ = T
