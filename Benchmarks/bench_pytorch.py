@@ -1,68 +1,109 @@
 #!/usr/bin/env python3
-"""PyTorch CPU side of `make bench`: times a full training step (forward, loss, backward, AdamW)
-of the ViT in Tests/Fixtures/vit_torch.py and prints one JSON line with images/s.
+"""PyTorch CPU side of `make bench` (Benchmarks/bench.sh): the ViT of Tests/Fixtures/vit_torch.py
+with the backbone of a pretrained-ViT file (vit_torch.pretrained_vit: DINOv2 ViT-S/14 from
+Artifacts/pretrained/dinov2-vits14.h5, LayerScale, erf GELU, LayerNorm eps 1e-6), explicit
+attention (the WSSS methods read the probabilities). Each --task prints one JSON line:
 
-Usage: bench_pytorch.py --image 64 --patch 8 --dim 128 --depth 4 --heads 4 --classes 10 \
-                        --batch 32 --threads 2 [--stem-weights F.h5] [--steps 20] [--warmup 3] [--fused]
+  train:IMAGE:BATCH:STEPS    a training step as classify-train's default config runs it: forward,
+                             the two multi-label soft-margin losses, backward, clipping of the
+                             global gradient norm at 1, AdamW (lr 1e-4, heads x10, weight decay
+                             0.05); the embedding and the first --frozen blocks have requires_grad
+                             False and are not in the optimiser (vit_torch.freeze)
+  forward:IMAGE:BATCH:STEPS  extract-attention's forward: inference mode, every layer's attention
+                             probabilities and logits kept (Attention.keep), both heads
+
+Times are per step (batch); after --warmup untimed steps, STEPS timed ones; the JSON has the
+median and the best. peak_rss_mb is the process's peak resident memory so far.
+
+    bench_pytorch.py --weights Artifacts/pretrained/dinov2-vits14.h5 --threads 2 \
+        --task train:112:32:5 --task forward:224:16:4
 """
 import argparse
 import json
 import os
+import resource
 import sys
 import time
 
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "Tests", "Fixtures"))
-from vit_torch import PretrainedStem, ViT, adamw, loss_fn  # noqa: E402
+from vit_torch import adamw, freeze, loss_fn, pretrained_vit  # noqa: E402
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    for key, default in dict(image=64, patch=8, dim=192, depth=6, heads=3, mlp_ratio=4, classes=10,
-                             batch=64, threads=2, steps=20, warmup=3, seed=0).items():
-        ap.add_argument(f"--{key.replace('_', '-')}", type=int, default=default)
-    ap.add_argument("--seconds", type=float, default=0, help="run at least this long (after warm-up)")
-    ap.add_argument("--stem-weights", help="pretrained-stem HDF5 file: the hybrid ViT (frozen EfficientNet-Lite0 stem)")
-    ap.add_argument("--fused", action="store_true", help="scaled_dot_product_attention (no probabilities)")
-    args = ap.parse_args()
+def peak_rss_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
 
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    stem = PretrainedStem(args.stem_weights) if args.stem_weights else None
-    model = ViT(args.image, args.patch, args.dim, args.depth, args.heads, args.mlp_ratio, args.classes, fused=args.fused, stem=stem)
-    for p in model.parameters():
-        if p.dim() > 1:
-            torch.nn.init.trunc_normal_(p, std=0.02)
-    model.train()
-    opt = adamw(model, 1e-3, 10.0, (0.9, 0.999), 1e-8, 0.05)
-    images = torch.randn(args.batch, args.image, args.image, 3)
-    labels = (torch.rand(args.batch, args.classes) < 0.3).float()
 
-    def step():
-        opt.zero_grad(set_to_none=True)
-        cam, cls, _ = model(images)
-        loss = loss_fn(cam, cls, labels)
-        loss.backward()
-        opt.step()
-        return loss.item()
-
-    for _ in range(args.warmup):
+def timed(step, warmup, steps):
+    for _ in range(warmup):
         step()
     times = []
-    start = time.perf_counter()
-    while len(times) < args.steps or time.perf_counter() - start < args.seconds:
+    for _ in range(steps):
         t0 = time.perf_counter()
         step()
         times.append(time.perf_counter() - t0)
-    times.sort()
-    median = times[len(times) // 2]
-    print(json.dumps({
-        "engine": "pytorch", "torch": str(torch.__version__), "threads": torch.get_num_threads(),
-        "attention": "sdpa" if args.fused else "explicit", "batch": args.batch, "steps": len(times),
-        "median_step_s": median, "images_per_s": args.batch / median,
-        "mean_images_per_s": args.batch * len(times) / sum(times),
-    }))
+    return sorted(times)
+
+
+def run_task(args, kind, image, batch, steps):
+    torch.manual_seed(args.seed)
+    model = pretrained_vit(args.weights, image, args.classes)
+    images = torch.randn(batch, image, image, 3)
+    if kind == "train":
+        freeze(model, args.frozen)
+        model.train()
+        opt = adamw(model, 1e-4, 10.0, (0.9, 0.999), 1e-8, 0.05)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        labels = (torch.rand(batch, args.classes) < 0.3).float()
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            cam, cls, _ = model(images)
+            loss = loss_fn(cam, cls, labels)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+            opt.step()
+            return loss.item()
+    else:
+        model.eval()
+        for block in model.blocks:
+            block.attn.keep = True
+
+        def step():
+            with torch.inference_mode():
+                cam, cls, _ = model(images)
+                probs = [block.attn.kept["probs"] for block in model.blocks]
+            return float(cls[0, 0]) + float(probs[-1][0, 0, 0, 0])
+
+    times = timed(step, args.warmup, steps)
+    median, best = times[len(times) // 2], times[0]
+    return {
+        "engine": "pytorch", "task": kind, "image": image, "tokens": (image // model.patch) ** 2 + 1, "batch": batch,
+        "steps": len(times), "median_s": median, "best_s": best,
+        "images_per_s": batch / median, "best_images_per_s": batch / best,
+        "frozen_blocks": args.frozen if kind == "train" else None,
+        "torch": str(torch.__version__), "threads": torch.get_num_threads(), "attention": "explicit",
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--weights", default="Artifacts/pretrained/dinov2-vits14.h5")
+    ap.add_argument("--task", action="append", required=True, help="train|forward:IMAGE:BATCH:STEPS (repeatable)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--classes", type=int, default=10)
+    ap.add_argument("--frozen", type=int, default=8, help="frozen blocks of a training step (and the embedding)")
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    for spec in args.task:
+        kind, image, batch, steps = spec.split(":")
+        if kind not in ("train", "forward"):
+            sys.exit(f"bench_pytorch.py: unknown task '{spec}' (train|forward:IMAGE:BATCH:STEPS)")
+        print(json.dumps(run_task(args, kind, int(image), int(batch), int(steps))), flush=True)
 
 
 if __name__ == "__main__":

@@ -178,15 +178,61 @@ class ViT(nn.Module):
         return scores.mean(dim=1), self.cls_head(x[:, 0]), kept
 
 
+def pretrained_vit(path, image_size, num_classes, fused=False):
+    """A ViT with the backbone of a pretrained-ViT file (Scripts/vit_layout.py, e.g.
+    Artifacts/pretrained/dinov2-vits14.h5) at `image_size`, as PretrainedViTWeights.makeModel
+    builds it in Swift: shape, LayerNorm eps, GELU form and LayerScale from the file's attributes,
+    the position embedding resampled bicubically to the input's grid (vit_numpy_reference's
+    resize, the one PretrainedViTWeights.stateDict implements), the heads freshly initialised."""
+    global LAYERNORM_EPS
+    from vit_numpy_reference import interpolate_pos_embed, load_weights
+    tensors, attrs = load_weights(path)
+    patch, dim, depth, heads, hidden, stored = (int(attrs[k]) for k in
+                                                ("patch_size", "dim", "depth", "heads", "mlp_hidden", "pos_embed_grid"))
+    LAYERNORM_EPS = float(attrs["layernorm_eps"])
+    model = ViT(image_size, patch, dim, depth, heads, hidden // dim, num_classes, fused=fused,
+                layer_scale=bool(attrs["layer_scale"]), gelu=str(attrs["gelu"]))
+    grid = image_size // patch
+    if grid != stored:
+        tensors["pos_embed"] = interpolate_pos_embed(tensors["pos_embed"].astype("float64"), stored, grid, grid)
+    state = {k: torch.tensor(v, dtype=torch.float32) for k, v in tensors.items() if k != "mask_token"}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    assert set(missing) <= {"cam_head.weight", "cls_head.weight", "cls_head.bias"} and not unexpected, (missing, unexpected)
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name in missing:
+            if name.endswith(".bias"):
+                params[name].zero_()
+            else:
+                nn.init.trunc_normal_(params[name], std=0.02)
+    return model
+
+
+def freeze(model, blocks):
+    """Layer-wise freezing as ViT.frozenBlocks in Swift: the embedding (patch embedding, class
+    token, position embedding) and the first `blocks` blocks get requires_grad False."""
+    if blocks <= 0:
+        return
+    frozen = [model.patch_embed, *model.blocks[:blocks]]
+    for module in frozen:
+        for p in module.parameters():
+            p.requires_grad_(False)
+    model.cls_token.requires_grad_(False)
+    model.pos_embed.requires_grad_(False)
+
+
 def loss_fn(cam_logits, cls_logits, labels):
     return F.multilabel_soft_margin_loss(cam_logits, labels) + F.multilabel_soft_margin_loss(cls_logits, labels)
 
 
 def parameter_groups(model):
     """Backbone/heads x decay/no-decay, as Engine's ParameterGrouping: no decay for rank <= 1,
-    cls_token and pos_embed; heads are cam_head.* and cls_head.*."""
+    cls_token and pos_embed; heads are cam_head.* and cls_head.*. Frozen parameters
+    (requires_grad False, see `freeze`) are left out, as ViT.trainableParameters leaves them out."""
     groups = {"backbone_decay": [], "backbone_no_decay": [], "head_decay": [], "head_no_decay": []}
     for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
         head = name.startswith("cam_head.") or name.startswith("cls_head.")
         decay = p.dim() > 1 and name not in ("cls_token", "pos_embed")
         groups[("head" if head else "backbone") + ("_decay" if decay else "_no_decay")].append(name)
