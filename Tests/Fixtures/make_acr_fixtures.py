@@ -76,8 +76,15 @@ def consistency(model, images, labels, kind):
     return act, aff, view_cls
 
 
+def normalise(maps):
+    maps = maps.clamp(min=0)
+    low, high = maps.min(1, keepdim=True).values, maps.max(1, keepdim=True).values
+    return (maps - low) / (high - low)
+
+
 def localisation(model, images):
-    """Per image: gradients [K, L, n] (ReLU of the head-mean row 0) and the maps [K, n]."""
+    """Per image: gradients [K, L, n] (ReLU of the head-mean row 0), the maps [K, n] as eq. 8
+    writes them (M x A), and as infer_cam.py computes them (A x M: torch.matmul(patch_aff, cam))."""
     for block in model.blocks:
         block.attn.keep = True
     out = []
@@ -92,10 +99,8 @@ def localisation(model, images):
             grads.append(torch.stack([p.grad[0].mean(0)[0, 1:].clamp(min=0) for p in probs]))
         grads = torch.stack(grads)  # [K, L, n]
         attention = torch.stack([p.detach()[0].mean(0)[1:, 1:] for p in probs]).mean(0)
-        maps = grads[:, START_LAYER:].mean(1) @ attention
-        maps = maps.clamp(min=0)
-        low, high = maps.min(1, keepdim=True).values, maps.max(1, keepdim=True).values
-        out.append((grads, (maps - low) / (high - low)))
+        mean = grads[:, START_LAYER:].mean(1)
+        out.append((grads, normalise(mean @ attention), normalise(mean @ attention.T)))
     return out
 
 
@@ -130,9 +135,10 @@ def main():
             for name, p in model.named_parameters():
                 g[f"grads/{name}"] = p.grad.numpy()
             print(f"{kind}: act {act.item():.6f} aff {aff.item():.6f} view cls {view_cls.item():.6f}")
-        for b, (grads, maps) in enumerate(localisation(model, images)):
+        for b, (grads, maps, released) in enumerate(localisation(model, images)):
             f[f"localisation/{b}/gradients"] = grads.numpy()
             f[f"localisation/{b}/maps"] = maps.numpy()
+            f[f"localisation/{b}/maps_released_code"] = released.numpy()
     print(f"wrote {out}")
 
 

@@ -157,6 +157,13 @@ def affinity_loss(logits, pairs):
     return loss
 
 
+def released_code_affinity_loss(logits, pairs):
+    """Jessie459/AReAM losses.get_aff_loss: 0.5 * each half, each divided by its count + 1."""
+    a = torch.sigmoid(logits.mean(1)[:, 1:, 1:])
+    positive, negative = (pairs == 1).double(), (pairs == 0).double()
+    return 0.5 * (positive * (1 - a)).sum() / (positive.sum() + 1) + 0.5 * (negative * a).sum() / (negative.sum() + 1)
+
+
 def main():
     out = sys.argv[1] if len(sys.argv) > 1 else os.path.join(
         os.path.dirname(os.path.abspath(__file__)), "..", "MethodsTests", "Fixtures", "aream_parity.h5")
@@ -177,6 +184,7 @@ def main():
     pairs = pair_labels(tokens)
     layer_losses = [affinity_loss(logits[l], pairs) for l in LAYERS]
     term = sum(loss_weights[l] * loss for l, loss in zip(LAYERS, layer_losses)) / len(LAYERS)
+    released = sum(loss_weights[l] * released_code_affinity_loss(logits[l], pairs) for l in LAYERS) / len(LAYERS)
     model.zero_grad()
     (TERM_WEIGHT * term).backward()
 
@@ -204,6 +212,7 @@ def main():
         f["output/negatives"] = np.int64((pairs == 0).sum())
         f["output/layer_losses"] = torch.stack(layer_losses).detach().numpy()
         f["output/term"] = np.float64(term.detach())
+        f["output/term_released_code"] = np.float64(released.detach())
     print(f"wrote {out}: margin {margin:.3g}, term {float(term.detach()):.6f}, token labels {tokens.tolist()}")
 
 

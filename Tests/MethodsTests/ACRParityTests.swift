@@ -55,7 +55,8 @@ final class ACRParityTests: XCTestCase {
 
     /// Eq. 7-8 through the library: AttentionExtractor's attention gradients (ReLU of the head-mean
     /// class-token row of d y_c / d A_l) within 1e-4 relative, and GradientLocalisation.maps from
-    /// the start layer with the mean patch attention (M x A_bar) within 1e-4 absolute (maps in [0, 1]).
+    /// the start layer with the mean patch attention (M x A_bar) within 1e-4 absolute (maps in [0, 1]),
+    /// and clearly apart from the released code's A_bar x M.
     func testGradientLocalisationMatchesReference() throws {
         let model = try fixtureViT(root)
         let pixels = try root.read("input/pixels", as: UInt8.self)
@@ -82,6 +83,9 @@ final class ACRParityTests: XCTestCase {
             let reference = try root.read("localisation/\(b)/maps", as: Double.self).values
             XCTAssertEqual(maps.count, reference.count)
             for i in 0..<maps.count { XCTAssertEqual(Double(maps[i]), reference[i], accuracy: 1e-4, "map \(b) entry \(i)") }
+            // Pins eq. 8's M x A against infer_cam.py's A x M (README): the fixture tells them apart.
+            let released = try root.read("localisation/\(b)/maps_released_code", as: Double.self).values
+            XCTAssertGreaterThan(zip(maps, released).map { abs(Double($0) - $1) }.max()!, 0.05, "eq. 8's M x A, not A x M")
         }
     }
 }

@@ -68,6 +68,9 @@ final class AReAMParityTests: XCTestCase {
         let term = try doubles("output/term")[0]
         XCTAssertEqual(contribution.terms["aff_loss"]!, term, accuracy: 1e-4 * term)
         XCTAssertEqual(contribution.loss, weight * term, accuracy: 1e-4 * weight * term)
+        // Pins the paper's eq. 15 against the released code's form (halves, count + 1; README).
+        let released = try doubles("output/term_released_code")[0]
+        XCTAssertGreaterThan(abs(contribution.terms["aff_loss"]! - released), 0.3 * term, "eq. 15 as the paper writes it, not losses.get_aff_loss")
         let pairs = Double(acts.batch * acts.patches * acts.patches)
         let positives = Double(try root.read("output/positives", as: Int64.self).values[0])
         let negatives = Double(try root.read("output/negatives", as: Int64.self).values[0])
