@@ -110,10 +110,10 @@ let package = Package(
         .executableTarget(name: "wsss-test-stage", dependencies: [
             "StageKit", .product(name: "Crypto", package: "swift-crypto"),
         ]),
-        .testTarget(name: "PSATests", dependencies: ["PSA", "Engine", "Primitives"]),
+        .testTarget(name: "PSATests", dependencies: ["PSA", "Engine", "Primitives", "ArtifactStore", "TestSupport"], exclude: ["Fixtures"]),
         .testTarget(name: "LocalizationTests", dependencies: ["Localization", "ArtifactStore", "Imaging", "Datasets"], exclude: ["Fixtures"]),
         // Runs the stage executables end to end (they are built alongside the tests).
-        .testTarget(name: "StageTests", dependencies: ["ArtifactStore", "Datasets", "Imaging", "Localization", "Engine", "Training", "Primitives", "CAM", "TestSupport"]),
+        .testTarget(name: "StageTests", dependencies: ["ArtifactStore", "Datasets", "Imaging", "Localization", "Engine", "Training", "Primitives", "CAM", "PSA", "TestSupport"]),
     ] + stageNames.map { name in
         .executableTarget(
             name: name,

@@ -4,6 +4,8 @@ import Engine
 import Foundation
 import Imaging
 import Localization
+import PSA
+import Primitives
 import TestSupport
 import Training
 import XCTest
@@ -110,5 +112,72 @@ final class PSARefineStageTests: XCTestCase {
         XCTAssertTrue(mismatch.stderr.hasPrefix("error: psa-refine: \(path("cams.h5")): was made from another dataset ("), mismatch.stderr)
         XCTAssertTrue(mismatch.stderr.contains("than \(other) ("), mismatch.stderr)
         XCTAssertFalse(FileManager.default.fileExists(atPath: path("psa.h5")))
+    }
+
+    // MARK: Does the walk repair maps?
+
+    /// Ground-truth maps on the 8x8 token grid with seeded noise: 30 % of each class's tokens
+    /// dropped to 0, and 10 % of the background tokens set to 1 for one of the present classes.
+    func writeNoisyMaps(dataset: String, to destination: String) throws -> [ClassMaps] {
+        let reader = try DatasetReader(path: dataset)
+        let split = try reader.split("val")
+        let artifact = try ArtifactWriter(path: destination, provenance: Provenance(kind: .cams, formatVersion: 1, producer: "test"))
+        let writer = try ClassMapsWriter(artifact, context: MapContext(split: "val", classNames: reader.classNames, datasetHash: try ContentHash.ofFile(dataset)),
+                                         description: "noisy ground truth")
+        var rng = SplitMix64(seed: 17)
+        var all: [ClassMaps] = []
+        for i in 0..<split.count {
+            let mask = try split.mask(i)
+            let classes = try split.labels(i).enumerated().filter { $0.element != 0 }.map { $0.offset + 1 }
+            let factor = 4, (h, w) = (mask.height / factor, mask.width / factor)
+            var values = [Float](repeating: 0, count: classes.count * h * w)
+            for y in 0..<h {
+                for x in 0..<w {
+                    let truth = Int(mask.labels[(y * factor + factor / 2) * mask.width + x * factor + factor / 2])
+                    if let k = classes.firstIndex(of: truth) {
+                        if rng.uniform() >= 0.3 { values[(k * h + y) * w + x] = 1 }
+                    } else if !classes.isEmpty && rng.uniform() < 0.1 {
+                        values[(Int(rng.next() % UInt64(classes.count)) * h + y) * w + x] = 1
+                    }
+                }
+            }
+            let maps = ClassMaps(classes: classes, height: h, width: w, values: values)
+            all.append(maps)
+            try writer.append(imageIndex: i, imageHeight: mask.height, imageWidth: mask.width, maps: maps)
+        }
+        try writer.finish()
+        return all
+    }
+
+    /// psa-refine must repair maps, not just keep good ones: from noisy maps, its labels agree with
+    /// the truth clearly more often than the labels of its own input (the walk's starting point:
+    /// background (1 - max M)^alpha_walk with the stage's default alpha_walk 16, upsampled,
+    /// argmax), i.e. than a walk that does nothing.
+    func testWalkRepairsNoisyMaps() throws {
+        let dataset = try StageHarness.tinyDataset(in: folder)
+        let classes = try DatasetReader(path: dataset).classNames
+        let noisy = try writeNoisyMaps(dataset: dataset, to: path("noisy.h5"))
+        try writeCheckpoint(classNames: classes, to: path("ckpt.h5"))
+        // 8 steps: on an 8x8 grid with a depth-1 random backbone, longer walks blur across objects.
+        let result = try refine(dataset: dataset, cams: path("noisy.h5"), checkpoint: path("ckpt.h5"), extra: ["--param", "logt=3"])
+        XCTAssertEqual(result.status, 0, result.stderr)
+        let labels = try LabelMapsReader(path: path("psa.h5"), kind: .labels)
+        let split = try DatasetReader(path: dataset).split("val")
+        var walkedRight = 0, inputRight = 0, total = 0
+        for n in 0..<labels.count {
+            let (h, w, walked) = try labels.labels(n)
+            let truth = try split.mask(labels.imageIndices[n]).labels
+            let maps = noisy[labels.imageIndices[n]]
+            let start = RandomWalk.withBackground(maps.values, classes: maps.classes.count, tokens: maps.height * maps.width, alpha: 16)
+            let input = Argmax.planar(resizePlanes(start, count: maps.classes.count + 1, width: maps.width, height: maps.height, toWidth: w, toHeight: h),
+                                      classes: maps.classes, pixels: h * w, background: .firstPlane)
+            walkedRight += zip(walked, truth).reduce(0) { $0 + ($1.0 == $1.1 ? 1 : 0) }
+            inputRight += zip(input, truth).reduce(0) { $0 + ($1.0 == $1.1 ? 1 : 0) }
+            total += truth.count
+        }
+        let (walkedAccuracy, inputAccuracy) = (Double(walkedRight) / Double(total), Double(inputRight) / Double(total))
+        print("psa-refine on noisy maps: pixel accuracy \(inputAccuracy) -> \(walkedAccuracy)")
+        // Measured: 0.775 -> 0.820 (+4.5 points); a walk that does nothing gains 0.
+        XCTAssertGreaterThan(walkedAccuracy - inputAccuracy, 0.03, "the walk must repair noisy maps: \(inputAccuracy) -> \(walkedAccuracy)")
     }
 }

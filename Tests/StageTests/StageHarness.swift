@@ -2,6 +2,8 @@ import ArtifactStore
 import Datasets
 import Localization
 import Foundation
+import Imaging
+import Primitives
 import TestSupport
 import XCTest
 
@@ -34,12 +36,13 @@ enum StageHarness {
     }
 
     /// A tiny fashion-scenes dataset made by the real prepare-data stage.
-    static func tinyDataset(in folder: URL, seed: Int = 0, name: String = "dataset.h5") throws -> String {
+    static func tinyDataset(in folder: URL, seed: Int = 0, name: String = "dataset.h5", trainCount: Int = 8, valCount: Int = 6,
+                            extra: [String] = []) throws -> String {
         let path = folder.appendingPathComponent(name).path
         let result = try run("prepare-data", [
             "--out", "dataset=\(path)", "--out", "contact_sheet=\(folder.appendingPathComponent(name + ".png").path)",
-            "--param", "image_size=32", "--param", "train_count=8", "--param", "val_count=6", "--param", "seed=\(seed)",
-        ])
+            "--param", "image_size=32", "--param", "train_count=\(trainCount)", "--param", "val_count=\(valCount)", "--param", "seed=\(seed)",
+        ] + extra)
         guard result.status == 0 else { throw StoreError(path: path, "prepare-data failed: \(result.stderr)") }
         return path
     }
@@ -63,4 +66,65 @@ enum StageHarness {
         try writer.finish()
     }
 
+
+    /// The val mIoU that `evaluate` gives `subject` (predictions or labels of the val split).
+    static func valMIoU(dataset: String, subject: String, in folder: URL) throws -> Double {
+        func file(_ name: String) -> String { folder.appendingPathComponent("eval-\(UUID().uuidString)-\(name)").path }
+        let json = file("m.json")
+        let result = try run("evaluate", ["--in", "dataset=\(dataset)", "--in", "subject=\(subject)", "--out", "metrics=\(file("m.h5"))",
+                                          "--out", "metrics_json=\(json)", "--out", "panels=\(file("p.png"))", "--out", "confusion=\(file("c.svg"))"])
+        guard result.status == 0 else { throw StoreError(path: subject, "evaluate failed: \(result.stderr)") }
+        let metrics = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: json))) as? [String: Any]
+        return try XCTUnwrap(metrics?["miou"] as? Double)
+    }
+
+    /// The val mIoU of the trivial predictor "background everywhere", as evaluate counts it: the
+    /// background's IoU is its pixel share, every other class that occurs scores 0.
+    static func allBackgroundMIoU(dataset: String) throws -> Double {
+        let split = try DatasetReader(path: dataset).split("val")
+        var background = 0, pixels = 0, occurring = Set<UInt8>()
+        for i in 0..<split.count {
+            let labels = try split.mask(i).labels.filter { $0 != 255 }
+            background += labels.filter { $0 == 0 }.count
+            pixels += labels.count
+            occurring.formUnion(labels)
+        }
+        occurring.insert(0)
+        return Double(background) / Double(pixels) / Double(occurring.count)
+    }
+
+    /// An easy two-class problem for the "does training learn?" tests: 32 px images of grey noise
+    /// with one or two solid rectangles, red (class 1) or blue (class 2), a quarter to a half of
+    /// the side each. Small enough for a from-scratch toy model to learn in a few epochs.
+    static func rectanglesDataset(in folder: URL, trainCount: Int = 32, valCount: Int = 12, seed: UInt64 = 7) throws -> String {
+        let path = folder.appendingPathComponent("rectangles.h5").path
+        let size = 32, colours: [[Int]] = [[200, 40, 40], [40, 60, 200]]
+        var rng = SplitMix64(seed: seed)
+        func uniform(_ n: Int) -> Int { Int(rng.next() % UInt64(n)) }
+        let artifact = try ArtifactWriter(path: path, provenance: Provenance(kind: .dataset, formatVersion: 1, producer: "test"))
+        let writer = try DatasetWriter(root: artifact.root, classNames: ["red", "blue"])
+        for (name, count) in [("train", trainCount), ("val", valCount)] {
+            let split = try writer.beginSplit(name)
+            for i in 0..<count {
+                var pixels = (0..<(size * size * 3)).map { _ in UInt8(100 + uniform(56)) }
+                var mask = [UInt8](repeating: 0, count: size * size)
+                var present: [UInt8] = [0, 0]
+                for _ in 0..<(1 + uniform(2)) {
+                    let c = uniform(2), h = 8 + uniform(9), w = 8 + uniform(9), y0 = uniform(size - h), x0 = uniform(size - w)
+                    present[c] = 1
+                    for y in y0..<(y0 + h) {
+                        for x in x0..<(x0 + w) {
+                            mask[y * size + x] = UInt8(c + 1)
+                            for ch in 0..<3 { pixels[(y * size + x) * 3 + ch] = UInt8(colours[c][ch] + uniform(20)) }
+                        }
+                    }
+                }
+                try split.append(id: "\(name)-\(i)", image: RGBImage(width: size, height: size, pixels: pixels),
+                                 mask: LabelMap(width: size, height: size, labels: mask), labels: present)
+            }
+            try split.finish()
+        }
+        try artifact.commit()
+        return path
+    }
 }

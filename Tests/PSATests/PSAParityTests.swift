@@ -1,0 +1,101 @@
+import ArtifactStore
+import Engine
+import PSA
+import TestSupport
+import XCTest
+
+/// PSA / AffinityNet against an independent PyTorch reference (Fixtures/psa_parity.h5, written by
+/// Tests/Fixtures/make_psa_fixtures.py from the paper, checked against jiwoon-ahn/psa): a 6 x 7
+/// token grid with background, two classes and ignored tokens, radius 3, beta 8, logt 3.
+final class PSAParityTests: XCTestCase {
+    var root: HDF5Group!
+
+    override func setUpWithError() throws {
+        root = try openFixture("psa_parity.h5")
+    }
+
+    func int(_ name: String) throws -> Int { Int(try root.doubleAttributeOrInt(name)) }
+
+    func referencePairs(_ kind: String) throws -> Set<[Int32]> {
+        let a = try root.read("pairs/\(kind)", as: Int32.self)
+        return Set((0..<a.shape[0]).map { [a.values[2 * $0], a.values[2 * $0 + 1]] })
+    }
+
+    /// The pair sets (each unordered pair once, ends as the reference orders them) are identical.
+    func testPairsMatchReference() throws {
+        let labels = try root.read("input/labels", as: UInt8.self).values
+        let pairs = AffinityPairs.extract(labels: labels, height: try int("height"), width: try int("width"), radius: try int("radius"))
+        func set(_ list: [(Int32, Int32)]) -> Set<[Int32]> { Set(list.map { [$0.0, $0.1] }) }
+        XCTAssertEqual(set(pairs.backgroundPositive), try referencePairs("background_positive"))
+        XCTAssertEqual(set(pairs.foregroundPositive), try referencePairs("foreground_positive"))
+        XCTAssertEqual(set(pairs.negative), try referencePairs("negative"))
+        XCTAssertEqual(pairs.count, try referencePairs("background_positive").count + referencePairs("foreground_positive").count
+                       + referencePairs("negative").count, "no pair twice")
+    }
+
+    /// Head forward, the three loss parts and the head's gradients: 1e-5 relative (float32).
+    func testHeadLossAndGradientsMatchReference() throws {
+        let labels = try root.read("input/labels", as: UInt8.self).values
+        let pairs = AffinityPairs.extract(labels: labels, height: try int("height"), width: try int("width"), radius: try int("radius"))
+        let x = try root.read("input/features", as: Float.self)
+        let weights = try root.group("weights")
+        let w1 = try weights.read("w1", as: Float.self), w2 = try weights.read("w2", as: Float.self)
+        let head = AffinityHead(inFeatures: w1.shape[1], hidden: w1.shape[0], outFeatures: w2.shape[0], seed: 0)
+        for p in head.parameters {
+            let values = try weights.read(p.name, as: Float.self).values
+            XCTAssertEqual(values.count, p.value.count, p.name)
+            for i in 0..<values.count { p.value.data[i] = values[i] }
+        }
+        let acts = head.forward(Tensor(shape: x.shape, values: x.values))
+        assertRelativelyClose(acts.output.data, try root.read("output/affinity_features", as: Double.self).values, 1e-5, "affinity features")
+        let dF = Tensor(shape: acts.output.shape)
+        let parts = AffinityLoss.compute(features: acts.output, pairs: pairs, gradient: dF)
+        func scalar(_ name: String) throws -> Double { try root.read("loss/\(name)", as: Double.self).values[0] }
+        XCTAssertEqual(parts.backgroundPositive, try scalar("background_positive"), accuracy: 1e-5)
+        XCTAssertEqual(parts.foregroundPositive, try scalar("foreground_positive"), accuracy: 1e-5)
+        XCTAssertEqual(parts.negative, try scalar("negative"), accuracy: 1e-5)
+        XCTAssertEqual(parts.total, try scalar("total"), accuracy: 1e-5)
+        head.zeroGrad()
+        head.backward(acts, dOut: dF)
+        let grads = try root.group("grads")
+        for p in head.parameters {
+            let expected = try grads.read(p.name, as: Double.self).values
+            if p.name == "b2" {
+                // Affinities see only differences f_i - f_j: the last bias cancels (rounding only).
+                XCTAssertLessThan(expected.map(abs).max()!, 1e-12)
+                XCTAssertLessThan(maxAbs(p.grad), 1e-6)
+            } else {
+                assertRelativelyClose(p.grad.data, expected, 1e-4, "gradient of \(p.name)")
+            }
+        }
+    }
+
+    /// Background, transition and both propagations against the reference's dense walk: 1e-4
+    /// relative (T^8 of a 42-token float32 matrix).
+    func testRandomWalkMatchesReference() throws {
+        let (h, w) = (try int("height"), try int("width"))
+        let f = try root.read("output/affinity_features", as: Double.self)
+        let features = f.values.map(Float.init)
+        let maps = try root.read("input/maps", as: Float.self)
+        let k = maps.shape[0], n = h * w
+        let input = RandomWalk.withBackground(maps.values, classes: k, tokens: n, alpha: Float(try root.doubleAttribute("alpha")))
+        let (radius, beta) = (try int("radius"), Float(try root.doubleAttribute("beta")))
+        let transition = features.withUnsafeBufferPointer {
+            RandomWalk.transition(features: $0.baseAddress!, featureDim: f.shape[1], height: h, width: w, radius: radius, beta: beta)
+        }
+        let logt = try int("logt")
+        let expected = try root.read("output/walked", as: Double.self).values
+        for walked in [RandomWalk.propagateBySquaring(maps: input, channels: k + 1, transition: transition, logt: logt),
+                       RandomWalk.propagateIterated(maps: input, channels: k + 1, transition: transition, logt: logt)] {
+            walked.withUnsafeBufferPointer { assertRelativelyClose($0.baseAddress!, expected, 1e-4, "walked maps") }
+        }
+    }
+}
+
+private extension HDF5Group {
+    /// h5py writes Python ints as int64 and floats as float64 attributes.
+    func doubleAttributeOrInt(_ name: String) throws -> Double {
+        if let value = try? int64Attribute(name) { return Double(value) }
+        return try doubleAttribute(name)
+    }
+}
