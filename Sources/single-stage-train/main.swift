@@ -149,7 +149,7 @@ StageMain.run(spec, parameters: Params.self) { ctx in
                                  batchSize: p.batchSize, seed: UInt64(p.seed))
     } catch { throw StageError("\(error)") }
 
-    if ctx.optionalInput("init") == nil && p.backboneLRMultiplier < 1 {
+    if ctx.optionalInput("init") == nil && p.backbone == .scratch && p.backboneLRMultiplier < 1 {
         // Measured: single stage with a random transformer at lr x 0.1 never left the prior (val mIoU 0.067, all background).
         ctx.log.warning("the transformer starts from random weights but trains at lr x \(p.backboneLRMultiplier) (backbone_lr_mult); without init use backbone_lr_mult=1")
     }

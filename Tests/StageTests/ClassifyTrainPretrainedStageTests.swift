@@ -91,6 +91,7 @@ final class ClassifyTrainPretrainedStageTests: XCTestCase {
                                                    "--out", "checkpoint=\(path(stage + ".h5"))", "--out", "predictions=\(path(stage + "-pred.h5"))",
                                                    "--out", "samples=\(path(stage + ".png"))"] + (common + extra).flatMap { ["--param", $0] })
             XCTAssertEqual(run.status, 0, run.output)
+            XCTAssertFalse(run.stderr.contains("starts from random weights"), "\(stage): a pretrained backbone is not random: \(run.stderr)")
             let checkpoint = try Checkpoint(path: path(stage + ".h5"))
             XCTAssertEqual(checkpoint.config.patchSize, 14, stage)
             XCTAssertEqual(checkpoint.config.imageSize, 28, stage)
