@@ -41,17 +41,44 @@ public struct StageSpec: Sendable {
     public let inputs: [String]
     public let optionalInputs: [String]
     public let outputs: [String]
+    public let resources: StageResources
 
-    public init(name: String, version: String, summary: String, inputs: [String], optionalInputs: [String] = [], outputs: [String]) {
+    public init(name: String, version: String, summary: String, inputs: [String], optionalInputs: [String] = [], outputs: [String],
+                resources: StageResources = StageResources()) {
         self.name = name
         self.version = version
         self.summary = summary
         self.inputs = inputs
         self.optionalInputs = optionalInputs
         self.outputs = outputs
+        self.resources = resources
     }
 
     public var producer: String { "\(name) \(version)" }
+}
+
+/// What one run of a stage asks of a machine, for cluster schedulers (`--describe` prints it as
+/// "resources"; `wsss export snakemake` makes it a rule's `threads` and `resources`). Estimates at
+/// the demo's scale; a scheduler's own overrides (Snakemake's --set-resources) win.
+public struct StageResources: Sendable, Equatable {
+    /// Cores the stage keeps busy (its engine and BLAS threads are capped to what it is given).
+    public var threads: Int
+    /// Peak resident memory, in MB.
+    public var memoryMB: Int
+    /// Wall-clock limit in minutes (Snakemake's `runtime`); nil when it cannot be said.
+    public var runtimeMinutes: Int?
+
+    public init(threads: Int = 1, memoryMB: Int = 2048, runtimeMinutes: Int? = nil) {
+        self.threads = threads
+        self.memoryMB = memoryMB
+        self.runtimeMinutes = runtimeMinutes
+    }
+
+    var jsonObject: [String: Any] {
+        var object: [String: Any] = ["threads": threads, "mem_mb": memoryMB]
+        if let runtimeMinutes { object["runtime"] = runtimeMinutes }
+        return object
+    }
 }
 
 /// A stage's parameters: a Codable struct whose `init()` holds the defaults.
@@ -199,7 +226,7 @@ public enum StageMain {
         let object: [String: Any] = [
             "name": spec.name, "version": spec.version, "summary": spec.summary,
             "inputs": spec.inputs, "optional_inputs": spec.optionalInputs, "outputs": spec.outputs,
-            "params": try ParameterMerge.jsonObject(defaults),
+            "params": try ParameterMerge.jsonObject(defaults), "resources": spec.resources.jsonObject,
         ]
         let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes])
         return String(decoding: data, as: UTF8.self)

@@ -39,7 +39,8 @@ struct Params: StageParameters {
 let spec = StageSpec(
     name: "pseudo-label", version: "0.1.0",
     summary: "Turns class maps into label maps {class, 0 background, 255 uncertain} with PAR and two background scores.",
-    inputs: ["dataset", "cams"], outputs: ["labels", "samples"])
+    inputs: ["dataset", "cams"], outputs: ["labels", "samples"],
+    resources: StageResources(threads: 2, memoryMB: 4096, runtimeMinutes: 120))
 
 StageMain.run(spec, parameters: Params.self) { ctx in
     let p = ctx.params
