@@ -23,6 +23,9 @@ public struct StageOptions: ParsableArguments {
     @Option(name: .customLong("param"), help: "One parameter: KEY=VALUE (repeatable; overrides --params).")
     public var paramOverrides: [String] = []
 
+    @Option(name: .customLong("shard"), help: "Process only part I of N of the images (I in 0..<N), for stages that say \"shardable\"; a merge joins the parts.")
+    public var shard: String?
+
     @Flag(help: "Print this stage's inputs, outputs and default parameters as JSON and exit.")
     public var describe = false
 
@@ -42,9 +45,12 @@ public struct StageSpec: Sendable {
     public let optionalInputs: [String]
     public let outputs: [String]
     public let resources: StageResources
+    /// Per-image work that `--shard I/N` splits (its artifacts merge back, `MapShards.merge`).
+    public let shardable: Bool
 
     public init(name: String, version: String, summary: String, inputs: [String], optionalInputs: [String] = [], outputs: [String],
-                resources: StageResources = StageResources()) {
+                resources: StageResources = StageResources(), shardable: Bool = false) {
+        self.shardable = shardable
         self.name = name
         self.version = version
         self.summary = summary
@@ -81,6 +87,33 @@ public struct StageResources: Sendable, Equatable {
     }
 }
 
+/// Part `index` of `count` of a stage's images: a contiguous block, so that the parts in order
+/// are the images in order and a merge is a concatenation.
+public struct Shard: Sendable, Equatable, CustomStringConvertible {
+    public let index: Int
+    public let count: Int
+
+    public init(index: Int, count: Int) {
+        precondition(count >= 1 && (0..<count).contains(index))
+        self.index = index
+        self.count = count
+    }
+
+    /// "I/N" with 0 <= I < N.
+    public static func parse(_ text: String) throws -> Shard {
+        let parts = text.split(separator: "/", omittingEmptySubsequences: false)
+        guard parts.count == 2, let index = Int(parts[0]), let count = Int(parts[1]), count >= 1, (0..<count).contains(index) else {
+            throw StageError("--shard expects I/N with 0 <= I < N, got '\(text)'")
+        }
+        return Shard(index: index, count: count)
+    }
+
+    /// This part's items of `total`.
+    public func range(of total: Int) -> Range<Int> { total * index / count..<total * (index + 1) / count }
+
+    public var description: String { "\(index)/\(count)" }
+}
+
 /// A stage's parameters: a Codable struct whose `init()` holds the defaults.
 public protocol StageParameters: Codable {
     init()
@@ -100,14 +133,17 @@ public final class StageContext<P: StageParameters> {
     public let paramsJSON: String
     public let inputPaths: [String: String]
     public let outputPaths: [String: String]
+    /// `--shard I/N`: which part of the images to process (nil: all).
+    public let shard: Shard?
     public let log: Logger
     private var inputHashes: [String: String] = [:]
     /// Every output this run writes, placed together by `commitOutputs()`.
     private let outputSet = OutputSet()
     private var outputsStarted: Set<String> = []
 
-    init(spec: StageSpec, params: P, paramsJSON: String, inputs: [String: String], outputs: [String: String]) {
+    init(spec: StageSpec, params: P, paramsJSON: String, inputs: [String: String], outputs: [String: String], shard: Shard? = nil) {
         self.spec = spec
+        self.shard = shard
         self.params = params
         self.paramsJSON = paramsJSON
         inputPaths = inputs
@@ -123,6 +159,9 @@ public final class StageContext<P: StageParameters> {
     }
 
     public func optionalInput(_ name: String) -> String? { inputPaths[name] }
+
+    /// The items of `total` this run processes: all, or its shard's block.
+    public func shardRange(of total: Int) -> Range<Int> { shard?.range(of: total) ?? 0..<total }
 
     public func output(_ name: String) -> String {
         guard let path = outputPaths[name] else { preconditionFailure("\(spec.name) writes undeclared output '\(name)'") }
@@ -151,6 +190,8 @@ public final class StageContext<P: StageParameters> {
             paramsJSON: paramsJSON, inputs: try inputContentHashes())
         let writer = try ArtifactWriter(path: startOutput(outputName), provenance: provenance)
         outputSet.adopt(writer.pending)
+        // A part says which; the merge checks it has every part once.
+        if let shard { try writer.root.setAttribute("shard", shard.description) }
         return writer
     }
 
@@ -226,7 +267,7 @@ public enum StageMain {
         let object: [String: Any] = [
             "name": spec.name, "version": spec.version, "summary": spec.summary,
             "inputs": spec.inputs, "optional_inputs": spec.optionalInputs, "outputs": spec.outputs,
-            "params": try ParameterMerge.jsonObject(defaults), "resources": spec.resources.jsonObject,
+            "params": try ParameterMerge.jsonObject(defaults), "resources": spec.resources.jsonObject, "shardable": spec.shardable,
         ]
         let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes])
         return String(decoding: data, as: UTF8.self)
@@ -261,8 +302,10 @@ public enum StageMain {
         } catch {
             throw StageError("\(error)")
         }
+        let shard = try options.shard.map(Shard.parse)
+        if shard != nil, !spec.shardable { throw StageError("--shard: this stage does not split into shards (it is not per image)") }
         let (params, json) = try ParameterMerge.merge(P.self, layers: try parameterLayers(options))
-        return StageContext(spec: spec, params: params, paramsJSON: json, inputs: inputs, outputs: outputs)
+        return StageContext(spec: spec, params: params, paramsJSON: json, inputs: inputs, outputs: outputs, shard: shard)
     }
 
     /// The parameter layers over the defaults: the --params file, then each --param.
