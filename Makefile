@@ -21,7 +21,7 @@ help:
 	@echo "make deps       install apt packages and the Python venv (idempotent)"
 
 # The venv's marker names its package set: a venv made for an older set is topped up.
-VENV_READY := $(VENV)/.ready-onnx
+VENV_READY := $(VENV)/.ready-snakemake
 # The pretrained DINOv2 ViT-S/14 backbone (see `pretrained` below); the parity test needs it.
 VIT_WEIGHTS := Artifacts/pretrained/dinov2-vits14.h5
 
@@ -35,7 +35,10 @@ deps: $(VENV_READY)
 
 $(VENV_READY):
 	[ -x $(PYTHON) ] || python3 -m venv $(VENV)
-	$(PYTHON) -m pip install -q --disable-pip-version-check h5py hdf5plugin numpy onnx onnxruntime
+	$(PYTHON) -m pip install -q --disable-pip-version-check h5py hdf5plugin numpy onnx onnxruntime snakemake
+	@# Optional: the Slurm executor plugin (the tests dry-run the exported Snakefile with it when it is here).
+	$(PYTHON) -m pip install -q --disable-pip-version-check snakemake-executor-plugin-slurm \
+	  || echo "note: snakemake-executor-plugin-slurm did not install; its dry-run test will be skipped"
 	touch $@
 
 build: deps

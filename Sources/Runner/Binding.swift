@@ -12,6 +12,15 @@ public struct StageDescription: Codable, Sendable {
     public var optional_inputs: [String]?
     public var outputs: [String]
     public var params: [String: JSONValue]
+    /// What one run asks of a machine (absent from stages built before stages declared it).
+    public var resources: Resources?
+
+    public struct Resources: Codable, Sendable {
+        public var threads: Int
+        public var mem_mb: Int
+        /// Minutes; absent when the stage cannot say.
+        public var runtime: Int?
+    }
 
     public var allInputs: [String] { inputs + (optional_inputs ?? []) }
 }

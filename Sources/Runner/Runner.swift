@@ -501,7 +501,7 @@ public final class Runner: @unchecked Sendable {
     /// thing that went in), 0 when it reads none. It depends only on the inputs' content, which
     /// the cache key covers, so a rerun of one key (`--force`, a rebuilt cache entry) writes the
     /// same bytes and the stages after it stay cached.
-    static func sourceDateEpoch(inputs: [String]) -> Int64 {
+    public static func sourceDateEpoch(inputs: [String]) -> Int64 {
         let formatter = ISO8601DateFormatter()
         var newest: Int64 = 0
         for path in inputs where FileStamp.of(path)?.isRegular == true {

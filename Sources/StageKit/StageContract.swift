@@ -23,6 +23,9 @@ public struct StageOptions: ParsableArguments {
     @Option(name: .customLong("param"), help: "One parameter: KEY=VALUE (repeatable; overrides --params).")
     public var paramOverrides: [String] = []
 
+    @Option(name: .customLong("shard"), help: "Process only part I of N of the images (I in 0..<N), for stages that say \"shardable\"; a merge joins the parts.")
+    public var shard: String?
+
     @Flag(help: "Print this stage's inputs, outputs and default parameters as JSON and exit.")
     public var describe = false
 
@@ -41,17 +44,74 @@ public struct StageSpec: Sendable {
     public let inputs: [String]
     public let optionalInputs: [String]
     public let outputs: [String]
+    public let resources: StageResources
+    /// Per-image work that `--shard I/N` splits (its artifacts merge back, `MapShards.merge`).
+    public let shardable: Bool
 
-    public init(name: String, version: String, summary: String, inputs: [String], optionalInputs: [String] = [], outputs: [String]) {
+    public init(name: String, version: String, summary: String, inputs: [String], optionalInputs: [String] = [], outputs: [String],
+                resources: StageResources = StageResources(), shardable: Bool = false) {
+        self.shardable = shardable
         self.name = name
         self.version = version
         self.summary = summary
         self.inputs = inputs
         self.optionalInputs = optionalInputs
         self.outputs = outputs
+        self.resources = resources
     }
 
     public var producer: String { "\(name) \(version)" }
+}
+
+/// What one run of a stage asks of a machine, for cluster schedulers (`--describe` prints it as
+/// "resources"; `wsss export snakemake` makes it a rule's `threads` and `resources`). Estimates at
+/// the demo's scale; a scheduler's own overrides (Snakemake's --set-resources) win.
+public struct StageResources: Sendable, Equatable {
+    /// Cores the stage keeps busy (its engine and BLAS threads are capped to what it is given).
+    public var threads: Int
+    /// Peak resident memory, in MB.
+    public var memoryMB: Int
+    /// Wall-clock limit in minutes (Snakemake's `runtime`); nil when it cannot be said.
+    public var runtimeMinutes: Int?
+
+    public init(threads: Int = 1, memoryMB: Int = 2048, runtimeMinutes: Int? = nil) {
+        self.threads = threads
+        self.memoryMB = memoryMB
+        self.runtimeMinutes = runtimeMinutes
+    }
+
+    var jsonObject: [String: Any] {
+        var object: [String: Any] = ["threads": threads, "mem_mb": memoryMB]
+        if let runtimeMinutes { object["runtime"] = runtimeMinutes }
+        return object
+    }
+}
+
+/// Part `index` of `count` of a stage's images: a contiguous block, so that the parts in order
+/// are the images in order and a merge is a concatenation.
+public struct Shard: Sendable, Equatable, CustomStringConvertible {
+    public let index: Int
+    public let count: Int
+
+    public init(index: Int, count: Int) {
+        precondition(count >= 1 && (0..<count).contains(index))
+        self.index = index
+        self.count = count
+    }
+
+    /// "I/N" with 0 <= I < N.
+    public static func parse(_ text: String) throws -> Shard {
+        let parts = text.split(separator: "/", omittingEmptySubsequences: false)
+        guard parts.count == 2, let index = Int(parts[0]), let count = Int(parts[1]), count >= 1, (0..<count).contains(index) else {
+            throw StageError("--shard expects I/N with 0 <= I < N, got '\(text)'")
+        }
+        return Shard(index: index, count: count)
+    }
+
+    /// This part's items of `total`.
+    public func range(of total: Int) -> Range<Int> { total * index / count..<total * (index + 1) / count }
+
+    public var description: String { "\(index)/\(count)" }
 }
 
 /// A stage's parameters: a Codable struct whose `init()` holds the defaults.
@@ -73,14 +133,17 @@ public final class StageContext<P: StageParameters> {
     public let paramsJSON: String
     public let inputPaths: [String: String]
     public let outputPaths: [String: String]
+    /// `--shard I/N`: which part of the images to process (nil: all).
+    public let shard: Shard?
     public let log: Logger
     private var inputHashes: [String: String] = [:]
     /// Every output this run writes, placed together by `commitOutputs()`.
     private let outputSet = OutputSet()
     private var outputsStarted: Set<String> = []
 
-    init(spec: StageSpec, params: P, paramsJSON: String, inputs: [String: String], outputs: [String: String]) {
+    init(spec: StageSpec, params: P, paramsJSON: String, inputs: [String: String], outputs: [String: String], shard: Shard? = nil) {
         self.spec = spec
+        self.shard = shard
         self.params = params
         self.paramsJSON = paramsJSON
         inputPaths = inputs
@@ -96,6 +159,9 @@ public final class StageContext<P: StageParameters> {
     }
 
     public func optionalInput(_ name: String) -> String? { inputPaths[name] }
+
+    /// The items of `total` this run processes: all, or its shard's block.
+    public func shardRange(of total: Int) -> Range<Int> { shard?.range(of: total) ?? 0..<total }
 
     public func output(_ name: String) -> String {
         guard let path = outputPaths[name] else { preconditionFailure("\(spec.name) writes undeclared output '\(name)'") }
@@ -124,6 +190,8 @@ public final class StageContext<P: StageParameters> {
             paramsJSON: paramsJSON, inputs: try inputContentHashes())
         let writer = try ArtifactWriter(path: startOutput(outputName), provenance: provenance)
         outputSet.adopt(writer.pending)
+        // A part says which; the merge checks it has every part once.
+        if let shard { try writer.root.setAttribute("shard", shard.description) }
         return writer
     }
 
@@ -199,7 +267,7 @@ public enum StageMain {
         let object: [String: Any] = [
             "name": spec.name, "version": spec.version, "summary": spec.summary,
             "inputs": spec.inputs, "optional_inputs": spec.optionalInputs, "outputs": spec.outputs,
-            "params": try ParameterMerge.jsonObject(defaults),
+            "params": try ParameterMerge.jsonObject(defaults), "resources": spec.resources.jsonObject, "shardable": spec.shardable,
         ]
         let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes])
         return String(decoding: data, as: UTF8.self)
@@ -234,8 +302,10 @@ public enum StageMain {
         } catch {
             throw StageError("\(error)")
         }
+        let shard = try options.shard.map(Shard.parse)
+        if shard != nil, !spec.shardable { throw StageError("--shard: this stage does not split into shards (it is not per image)") }
         let (params, json) = try ParameterMerge.merge(P.self, layers: try parameterLayers(options))
-        return StageContext(spec: spec, params: params, paramsJSON: json, inputs: inputs, outputs: outputs)
+        return StageContext(spec: spec, params: params, paramsJSON: json, inputs: inputs, outputs: outputs, shard: shard)
     }
 
     /// The parameter layers over the defaults: the --params file, then each --param.

@@ -40,7 +40,8 @@ struct Params: StageParameters {
 let spec = StageSpec(
     name: "cam-refine", version: "0.1.0",
     summary: "Refines CAM seeds with attention affinity (none, mean, areaM, acr); analyse mode scores each layer (Hellinger distance, single-layer mIoU).",
-    inputs: ["cams", "attention"], optionalInputs: ["dataset"], outputs: ["cams", "report", "chart"])
+    inputs: ["cams", "attention"], optionalInputs: ["dataset"], outputs: ["cams", "report", "chart"],
+    resources: StageResources(threads: 4, memoryMB: 4096, runtimeMinutes: 120))
 
 func json(_ value: Double) -> Any { value.isFinite ? value : NSNull() }
 func format(_ value: Double) -> String { value.isFinite ? String(format: "%.4f", value) : "n/a" }

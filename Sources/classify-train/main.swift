@@ -206,7 +206,8 @@ struct Params: StageParameters {
 let spec = StageSpec(
     name: "classify-train", version: "1.0.0",
     summary: "Trains a ViT classifier (CAM and class-token heads) on image-level labels; writes a checkpoint.",
-    inputs: ["dataset"], optionalInputs: ["init", "stem_weights", "vit_weights"], outputs: ["checkpoint"])
+    inputs: ["dataset"], optionalInputs: ["init", "stem_weights", "vit_weights"], outputs: ["checkpoint"],
+    resources: StageResources(threads: 8, memoryMB: 16384, runtimeMinutes: 720))
 
 StageMain.run(spec, parameters: Params.self) { ctx in
     let p = ctx.params

@@ -22,7 +22,8 @@ struct Params: StageParameters {
 let spec = StageSpec(
     name: "evaluate", version: "0.1.0",
     summary: "Scores class maps (with a background-threshold sweep), label maps or predictions against the dataset's ground truth.",
-    inputs: ["dataset", "subject"], outputs: ["metrics", "metrics_json", "panels", "confusion"])
+    inputs: ["dataset", "subject"], outputs: ["metrics", "metrics_json", "panels", "confusion"],
+    resources: StageResources(threads: 1, memoryMB: 2048, runtimeMinutes: 30))
 
 /// What one evaluation found, before it is written out.
 struct Evaluation {

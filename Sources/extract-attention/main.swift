@@ -51,7 +51,8 @@ struct Params: StageParameters {
 let spec = StageSpec(
     name: "extract-attention", version: "0.1.0",
     summary: "Extracts CAM seeds, per-layer head-averaged attention and ACR attention gradients from a classifier.",
-    inputs: ["dataset", "checkpoint"], outputs: ["cams", "attention", "samples"])
+    inputs: ["dataset", "checkpoint"], outputs: ["cams", "attention", "samples"],
+    resources: StageResources(threads: 4, memoryMB: 8192, runtimeMinutes: 240))
 
 StageMain.run(spec, parameters: Params.self) { ctx in
     let p = ctx.params

@@ -83,7 +83,8 @@ struct Params: StageParameters {
 let spec = StageSpec(
     name: "prepare-data", version: "1.0.0",
     summary: "Builds the dataset artifact (composed Fashion-MNIST scenes, IDX objects, or a VOC-layout folder) and a contact sheet.",
-    inputs: [], outputs: ["dataset", "contact_sheet"])
+    inputs: [], outputs: ["dataset", "contact_sheet"],
+    resources: StageResources(threads: 1, memoryMB: 4096, runtimeMinutes: 60))
 
 /// Paths and content hashes of the files a source reads (they are not stage inputs, so the
 /// provenance would not otherwise name them).

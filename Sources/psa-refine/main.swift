@@ -57,7 +57,8 @@ struct Params: StageParameters {
 let spec = StageSpec(
     name: "psa-refine", version: "0.1.0",
     summary: "Trains an affinity head (PSA) on confident labels from class maps and refines the maps by a random walk into label maps.",
-    inputs: ["dataset", "cams", "checkpoint"], outputs: ["labels", "samples"])
+    inputs: ["dataset", "cams", "checkpoint"], outputs: ["labels", "samples"],
+    resources: StageResources(threads: 8, memoryMB: 12288, runtimeMinutes: 360))
 
 /// Model input [1, H, W, 3]: (rgb/255 - mean) / std.
 func normalised(_ image: RGBImage, mean: [Float], std: [Float]) -> Tensor {

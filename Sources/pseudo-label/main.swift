@@ -39,7 +39,8 @@ struct Params: StageParameters {
 let spec = StageSpec(
     name: "pseudo-label", version: "0.1.0",
     summary: "Turns class maps into label maps {class, 0 background, 255 uncertain} with PAR and two background scores.",
-    inputs: ["dataset", "cams"], outputs: ["labels", "samples"])
+    inputs: ["dataset", "cams"], outputs: ["labels", "samples"],
+    resources: StageResources(threads: 2, memoryMB: 4096, runtimeMinutes: 120), shardable: true)
 
 StageMain.run(spec, parameters: Params.self) { ctx in
     let p = ctx.params
@@ -54,8 +55,9 @@ StageMain.run(spec, parameters: Params.self) { ctx in
     let writer = try LabelMapsWriter(try ctx.createArtifact("labels", kind: .labels), context: maps.context)
     var pictures: [RGBImage] = []
     var labelled = 0, total = 0
-    let progress = ProgressReporter("pseudo-label", total: maps.count, unit: "img")
-    for n in 0..<maps.count {
+    let part = ctx.shardRange(of: maps.count)
+    let progress = ProgressReporter("pseudo-label", total: part.count, unit: "img")
+    for n in part {
         let index = maps.imageIndices[n]
         let image = try split.image(index)
         let labels = labeller.labels(image: image, maps: try maps.maps(n))
@@ -72,5 +74,5 @@ StageMain.run(spec, parameters: Params.self) { ctx in
     try PNG.write(pictures.isEmpty ? RGBImage(width: 1, height: 1) : RGBImage.grid(pictures, columns: 2, gap: 6, margin: true), to: picture.temporaryPath)
     try writer.finish()
     try ctx.commitOutputs()
-    print("pseudo-label: \(maps.count) images of split '\(split.name)', \(String(format: "%.1f", 100 * Double(labelled) / Double(max(total, 1))))% of pixels labelled")
+    print("pseudo-label: \(part.count) images of split '\(split.name)', \(String(format: "%.1f", 100 * Double(labelled) / Double(max(total, 1))))% of pixels labelled")
 }

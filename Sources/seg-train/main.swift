@@ -42,7 +42,8 @@ struct Params: StageParameters {
 let spec = StageSpec(
     name: "seg-train", version: "0.2.0",
     summary: "Trains a segmentation network (ViT + ASPP-lite decoder) on label maps or ground truth; predicts the val split.",
-    inputs: ["dataset"], optionalInputs: ["init", "labels", "stem_weights", "vit_weights"], outputs: ["checkpoint", "predictions", "samples"])
+    inputs: ["dataset"], optionalInputs: ["init", "labels", "stem_weights", "vit_weights"], outputs: ["checkpoint", "predictions", "samples"],
+    resources: StageResources(threads: 8, memoryMB: 16384, runtimeMinutes: 720))
 
 StageMain.run(spec, parameters: Params.self) { ctx in
     let p = ctx.params.common, supervision = ctx.params.supervision

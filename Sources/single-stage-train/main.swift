@@ -85,7 +85,8 @@ struct Params: StageParameters {
 let spec = StageSpec(
     name: "single-stage-train", version: "0.1.0",
     summary: "Trains classification + segmentation from image-level labels with online pseudo labels (baseline or FSR); predicts the val split.",
-    inputs: ["dataset"], optionalInputs: ["init", "stem_weights", "vit_weights"], outputs: ["checkpoint", "predictions", "samples"])
+    inputs: ["dataset"], optionalInputs: ["init", "stem_weights", "vit_weights"], outputs: ["checkpoint", "predictions", "samples"],
+    resources: StageResources(threads: 8, memoryMB: 16384, runtimeMinutes: 720))
 
 StageMain.run(spec, parameters: Params.self) { ctx in
     let p = ctx.params.common, s = ctx.params.own

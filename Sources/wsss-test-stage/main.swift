@@ -27,7 +27,8 @@ struct Params: StageParameters {
 let spec = StageSpec(
     name: "wsss-test-stage", version: "1",
     summary: "Deterministic test stage: summarises its inputs and parameters; can sleep, fail or crash.",
-    inputs: [], optionalInputs: ["a", "b"], outputs: ["out", "metrics"])
+    inputs: [], optionalInputs: ["a", "b"], outputs: ["out", "metrics"],
+    resources: StageResources(threads: 1, memoryMB: 256))
 
 /// Tests count real executions (and see their overlap) through this log, named by an environment
 /// variable so that it is not part of the stage key. O_APPEND keeps parallel stages' lines whole.

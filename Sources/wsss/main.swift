@@ -34,7 +34,8 @@ struct Wsss: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "wsss",
         abstract: "Runs WSSS pipelines: reruns only what changed, and says why.",
-        subcommands: [RunCommand.self, StatusCommand.self, CompareCommand.self, SummaryCommand.self, ShowCommand.self, GCCommand.self])
+        subcommands: [RunCommand.self, StatusCommand.self, CompareCommand.self, SummaryCommand.self, ShowCommand.self, GCCommand.self,
+                      ExportCommand.self, SourceDateEpochCommand.self])
 }
 
 struct RunCommand: ParsableCommand {
@@ -251,6 +252,56 @@ struct GCCommand: ParsableCommand {
         } catch {
             throw fail(error)
         }
+    }
+}
+
+struct ExportCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "export", abstract: "Write a pipeline for another workflow engine.",
+        subcommands: [ExportSnakemakeCommand.self])
+}
+
+struct ExportSnakemakeCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "snakemake",
+        abstract: "Write DIR/Snakefile (+ config.yaml, params/): one rule per stage, calling the stage executables as `wsss run` would.")
+
+    @Argument(help: "Pipeline file (YAML).") var pipeline: String
+    @Option(help: "Folder for the Snakefile (default: Artifacts/snakemake/<pipeline name> in the workspace).") var out: String?
+    @Option(name: .customLong("set"), help: "Override a parameter as `run --set` would.") var sets: [String] = []
+    @OptionGroup var place: Place
+
+    func run() throws {
+        let runner = place.runner(for: pipeline)
+        do {
+            let bound = try runner.load(pipeline, overrides: sets)
+            let folder = out.map { Workspace.absolute($0) } ?? runner.workspace.path("Artifacts/snakemake/" + bound.name)
+            // This wsss itself: the rules ask it for SOURCE_DATE_EPOCH.
+            let wsss = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"))
+                ?? Workspace.absolute(Bundle.main.executablePath ?? CommandLine.arguments[0])
+            let command = (["wsss", "export", "snakemake", bound.displayFile] + (out.map { ["--out", $0] } ?? [])
+                           + sets.flatMap { ["--set", $0] }).joined(separator: " ")
+            let export = try runner.snakemakeExport(bound, wsss: wsss, command: command)
+            let written = try export.write(to: folder)
+            let shown = runner.workspace.display(folder)
+            print("\(shown)/Snakefile: \(bound.stages.count) rules (\(written.count) files changed)")
+            print("run it: snakemake -s \(shown)/Snakefile --cores N   (on Slurm: --executor slurm; README, \"Pipelines and the runner\")")
+        } catch {
+            throw fail(error)
+        }
+    }
+}
+
+/// For exported rules: prints the SOURCE_DATE_EPOCH `wsss run` gives a stage reading these inputs.
+struct SourceDateEpochCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "source-date-epoch", abstract: "Print the SOURCE_DATE_EPOCH the runner sets for a stage with these inputs.",
+        shouldDisplay: false)
+
+    @Argument(help: "The stage's input files.") var inputs: [String] = []
+
+    func run() throws {
+        print(Runner.sourceDateEpoch(inputs: inputs.map { Workspace.absolute($0) }))
     }
 }
 

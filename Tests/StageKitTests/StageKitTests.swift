@@ -109,6 +109,15 @@ final class StageContractTests: XCTestCase {
         XCTAssertEqual(object["optional_inputs"] as? [String], ["init"])
         XCTAssertEqual(object["outputs"] as? [String], ["cams"])
         XCTAssertEqual((object["params"] as? [String: Any])?["threshold"] as? Double, 0.5)
+        // The default declaration: one thread, 2 GB, no runtime (schedulers use their own limit).
+        let resources = try XCTUnwrap(object["resources"] as? [String: Any])
+        XCTAssertEqual(resources["threads"] as? Int, 1)
+        XCTAssertEqual(resources["mem_mb"] as? Int, 2048)
+        XCTAssertNil(resources["runtime"])
+        let training = StageSpec(name: "train", version: "1", summary: "test", inputs: [], outputs: ["checkpoint"],
+                                 resources: StageResources(threads: 8, memoryMB: 16384, runtimeMinutes: 720))
+        let declared = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(try StageMain.describe(training, defaults: Knobs()).utf8)) as? [String: Any])
+        XCTAssertEqual(declared["resources"] as? [String: Int], ["threads": 8, "mem_mb": 16384, "runtime": 720])
     }
 
     func testProgressLineHasRateAndETA() {
