@@ -243,6 +243,8 @@ public enum StageMain {
             context = try makeContext(spec, options: options, parameters: P.self)
             try body(context!)
             try context!.commitOutputs()
+            // The high-water mark of resident memory, for sizing machines (and cluster resources).
+            print("\(spec.name): peak resident memory \(String(format: "%.0f", ResourceUsage.peakResidentMB())) MB")
             exit(0)
         } catch {
             // exit() runs no deinit: the temporary files go now.

@@ -220,5 +220,5 @@ StageMain.run(spec, parameters: Params.self) { ctx in
     let loss = lastParts.map { String(format: "%.4f (bg+ %.4f, fg+ %.4f, neg %.4f)", $0.total, $0.backgroundPositive, $0.foregroundPositive, $0.negative) } ?? "n/a"
     print("psa-refine: \(items.count) images of split '\(split.name)'; \(pairCount) pairs per epoch; train \(String(format: "%.2f", trainSeconds)) s, last loss \(loss); "
         + "walk (\(p.walk.rawValue)) \(String(format: "%.1f", Double(items.count) / max(refineSeconds, 1e-9))) img/s; "
-        + "\(String(format: "%.1f", 100 * Double(changed) / Double(max(total, 1))))% of pixels changed by the walk; peak RSS \(String(format: "%.0f", ResourceUsage.peakResidentMB())) MB")
+        + "\(String(format: "%.1f", 100 * Double(changed) / Double(max(total, 1))))% of pixels changed by the walk")
 }

@@ -28,6 +28,10 @@ final class EvaluateStageTests: XCTestCase {
         try StageHarness.writeMapsFromTruth(dataset: dataset, to: path("cams.h5"))
         let result = try evaluate(dataset: dataset, subject: path("cams.h5"))
         XCTAssertEqual(result.status, 0, result.stderr)
+        // Every stage ends with its peak resident memory (StageMain).
+        let last = try XCTUnwrap(result.stdout.split(separator: "\n").last.map(String.init))
+        XCTAssertTrue(last.hasPrefix("evaluate: peak resident memory ") && last.hasSuffix(" MB"), last)
+        XCTAssertGreaterThan(Double(last.split(separator: " ")[4]) ?? 0, 1)
         let json = try metricsJSON()
         XCTAssertEqual(json["miou"] as? Double, 1.0)
         XCTAssertEqual(json["subject"] as? String, "cams")
