@@ -132,7 +132,10 @@ StageMain.run(spec, parameters: Params.self) { ctx in
         variants = [("none", CamRefiner(method: .none, layers: layers)), ("mean", CamRefiner(method: .mean, layers: layers)),
                     ("areaM paper", CamRefiner(method: .areaM, layers: layers, weighting: .paper))]
         if codeUsable { variants.append(("areaM code", CamRefiner(method: .areaM, layers: layers, weighting: .code, codeWeights: codeWeights))) }
-        variants.append(("acr", CamRefiner(method: .acr, layers: layers, gradientLayers: gradientLayers, useAffinity: p.acrUseAffinity)))
+        // Without stored gradients (gradient_score none) ACR's maps would be all zero: not a variant.
+        if attention.gradientScore != "none" {
+            variants.append(("acr", CamRefiner(method: .acr, layers: layers, gradientLayers: gradientLayers, useAffinity: p.acrUseAffinity)))
+        }
     }
     let thresholds = ThresholdSweep.range(start: p.thresholdStart, stop: p.thresholdStop, step: p.thresholdStep)
     let classCount = seeds.context.classNames.count + 1
