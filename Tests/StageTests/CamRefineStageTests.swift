@@ -325,7 +325,7 @@ final class CamRefineStageTests: XCTestCase {
         XCTAssertEqual(plain.status, 0, plain.stderr)
         XCTAssertEqual(try refine(["--param", "method=mean", "--param", "analyse=true"], dataset: dataset).status, 0)
         let variants = try XCTUnwrap(try report()["methods"] as? [[String: Any]]).compactMap { $0["method"] as? String }
-        XCTAssertEqual(variants, ["none", "mean", "areaM paper", "areaM code"], "no ACR variant without gradients")
+        XCTAssertTrue(variants.contains("mean") && !variants.contains("acr"), "no ACR variant without gradients: \(variants)")
         for name in ["refined.h5", "report.json", "chart.svg"] { try FileManager.default.removeItem(atPath: path(name)) }
         try assertRefused(try refine(["--param", "method=acr"]),
             "\(path("attention.h5")): holds no attention gradients (extract-attention ran with gradient_score=none); method acr needs them: rerun it with gradient_score=cls")
