@@ -9,12 +9,18 @@ import XCTest
 /// freezing: the checkpoint carries the backbone's configuration, the frozen weights stay exactly
 /// the pretrained ones, the trained ones move, and a missing weights file is refused.
 final class ClassifyTrainPretrainedStageTests: XCTestCase {
-    func testFineTunesThePretrainedBackboneWithFrozenBlocks() throws {
-        let weightsPath = PretrainedViTParityTests.weights
-        guard FileManager.default.fileExists(atPath: weightsPath) else {
-            XCTFail("\(weightsPath) is missing: run `make pretrained` (make test does)")
-            return
+    /// The imported DINOv2 file; a missing one fails the test (make test makes it).
+    func pretrainedWeights() throws -> String {
+        let path = PretrainedViTParityTests.weights
+        struct Missing: Error, CustomStringConvertible { let description: String }
+        guard FileManager.default.fileExists(atPath: path) else {
+            throw Missing(description: "\(path) is missing: run `make pretrained` (make test does)")
         }
+        return path
+    }
+
+    func testFineTunesThePretrainedBackboneWithFrozenBlocks() throws {
+        let weightsPath = try pretrainedWeights()
         let folder = try StageHarness.temporaryFolder()
         defer { try? FileManager.default.removeItem(at: folder) }
         let dataset = try StageHarness.tinyDataset(in: folder)
@@ -74,11 +80,7 @@ final class ClassifyTrainPretrainedStageTests: XCTestCase {
     /// frozen weights stay the pretrained ones, the decoder's detail branch is stored, and a
     /// size the patch does not divide is refused with one line.
     func testSegmentationTrainersStartFromThePretrainedViT() throws {
-        let weightsPath = PretrainedViTParityTests.weights
-        guard FileManager.default.fileExists(atPath: weightsPath) else {
-            XCTFail("\(weightsPath) is missing: run `make pretrained` (make test does)")
-            return
-        }
+        let weightsPath = try pretrainedWeights()
         let folder = try StageHarness.temporaryFolder()
         defer { try? FileManager.default.removeItem(at: folder) }
         func path(_ name: String) -> String { folder.appendingPathComponent(name).path }
