@@ -301,7 +301,8 @@ public final class Runner: @unchecked Sendable {
     public func run(_ pipeline: BoundPipeline, options: RunOptions = RunOptions()) throws -> RunReport {
         try checkStageNames(pipeline, force: options.force, until: options.until)
         let started = Date()
-        let lock = try WorkspaceLock(workspace, purpose: "run \(pipeline.displayFile)", wait: options.wait) { console.line($0) }
+        let lock = try WorkspaceLock(workspace, purpose: "run \(pipeline.displayFile)", wait: options.wait,
+                                     stopWaiting: { self.isInterrupted }) { console.line($0) }
         defer { withExtendedLifetime(lock) {} }
         removeLeftovers()
 

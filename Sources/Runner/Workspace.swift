@@ -80,6 +80,11 @@ public struct Workspace: Sendable {
     }
 }
 
+/// A wait for the workspace lock ended by `stopWaiting` (nothing was run or written).
+public struct WorkspaceLockAbandoned: Error, CustomStringConvertible {
+    public var description: String { "stopped while waiting for the workspace; nothing ran" }
+}
+
 /// An exclusive lock on a workspace's cache (flock: released by the kernel when the holder dies,
 /// so a killed run never leaves a stale lock behind).
 public final class WorkspaceLock {
@@ -87,8 +92,11 @@ public final class WorkspaceLock {
 
     public enum Wait: Sendable { case wait, refuse }
 
-    /// Takes the lock; when another run holds it, says who and then waits or refuses.
-    public init(_ workspace: Workspace, purpose: String, wait: Wait, notify: (String) -> Void) throws {
+    /// Takes the lock; when another run holds it, says who and then waits or refuses. While
+    /// waiting it polls, so that `stopWaiting` (e.g. a Ctrl-C seen by a signal source, which
+    /// leaves a blocking flock asleep) ends the wait with `WorkspaceLockAbandoned`.
+    public init(_ workspace: Workspace, purpose: String, wait: Wait, stopWaiting: () -> Bool = { false },
+                notify: (String) -> Void) throws {
         try FileManager.default.createDirectory(atPath: workspace.cache, withIntermediateDirectories: true)
         fd = open(workspace.lockFile, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw RunnerError("\(workspace.lockFile): cannot open lock file: \(String(cString: strerror(errno)))") }
@@ -102,11 +110,16 @@ public final class WorkspaceLock {
                 throw RunnerError("workspace \(workspace.root) is in use by \(who); try again when it has finished")
             case .wait:
                 notify("wsss: workspace is in use by \(who); waiting for it to finish (--no-wait refuses instead)")
-                while flock(fd, LOCK_EX) != 0 {
-                    if errno != EINTR {
+                while flock(fd, LOCK_EX | LOCK_NB) != 0 {
+                    guard errno == EWOULDBLOCK || errno == EINTR else {
                         close(fd)
                         throw RunnerError("\(workspace.lockFile): cannot lock: \(String(cString: strerror(errno)))")
                     }
+                    if stopWaiting() {
+                        close(fd)
+                        throw WorkspaceLockAbandoned()
+                    }
+                    usleep(100_000)
                 }
             }
         }

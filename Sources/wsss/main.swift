@@ -11,6 +11,17 @@ struct Place: ParsableArguments {
     @Option(help: "Workspace folder (default: the nearest folder holding Pipelines/ above the pipeline file or the current folder).")
     var workspace: String?
 
+    /// A named workspace must exist: nothing is created for a mistyped one.
+    func validate() throws {
+        guard let workspace else { return }
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: workspace, isDirectory: &isDirectory), isDirectory.boolValue else {
+            let problem = FileManager.default.fileExists(atPath: workspace) ? "not a folder" : "no such folder"
+            FileHandle.standardError.write(Data("error: --workspace \(workspace): \(problem)\n".utf8))
+            throw ExitCode(1)
+        }
+    }
+
     func runner(for pipelineFile: String?) -> Runner {
         let place = Workspace.locate(explicit: workspace, pipelineFile: pipelineFile)
         return Runner(workspace: place, binDir: bin.map { Workspace.absolute($0) })
@@ -84,6 +95,9 @@ struct RunCommand: ParsableCommand {
             if !report.succeeded { throw ExitCode(1) }
         } catch let exit as ExitCode {
             throw exit
+        } catch is WorkspaceLockAbandoned {
+            FileHandle.standardError.write(Data("wsss: interrupted while waiting for the workspace; nothing ran\n".utf8))
+            throw ExitCode(130)
         } catch {
             throw fail(error)
         }

@@ -360,6 +360,49 @@ final class RunnerTests: XCTestCase {
         XCTAssertEqual(done.value?.succeeded, true)
     }
 
+    /// Ctrl-C while `wsss run` waits for another run's lock ends the wait: exit 130, nothing ran.
+    func testInterruptWhileWaitingForTheLock() throws {
+        let held = try WorkspaceLock(Workspace(root: ws.root), purpose: "test", wait: .refuse) { _ in }
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: productsDirectory + "/wsss")
+        process.arguments = ["run", "Pipelines/chain.yaml", "--bin", productsDirectory]
+        process.currentDirectoryURL = URL(fileURLWithPath: ws.root)
+        XCTAssertTrue(FileManager.default.createFile(atPath: ws.path("wsss.out"), contents: nil))
+        let output = try XCTUnwrap(FileHandle(forWritingAtPath: ws.path("wsss.out")))
+        process.standardOutput = output
+        process.standardError = output
+        try process.run()
+        let deadline = Date().addingTimeInterval(60)
+        while !(ws.read("wsss.out") ?? "").contains("waiting for it to finish"), Date() < deadline { usleep(20_000) }
+        XCTAssertTrue(process.isRunning, ws.read("wsss.out") ?? "")
+        process.interrupt()  // SIGINT, as Ctrl-C sends it
+        let stopBy = Date().addingTimeInterval(30)
+        while process.isRunning, Date() < stopBy { usleep(20_000) }
+        if process.isRunning {
+            XCTFail("wsss ignored Ctrl-C while waiting for the lock")
+            kill(process.processIdentifier, SIGKILL)
+        }
+        process.waitUntilExit()
+        try output.close()
+        withExtendedLifetime(held) {}
+        XCTAssertEqual(process.terminationStatus, 130, ws.read("wsss.out") ?? "")
+        XCTAssertTrue((ws.read("wsss.out") ?? "").hasSuffix("wsss: interrupted while waiting for the workspace; nothing ran\n"), ws.read("wsss.out") ?? "")
+        XCTAssertEqual(ws.started(), [])
+        XCTAssertEqual(ws.entries(), [])
+    }
+
+    /// A mistyped --workspace is one error line, and no folder appears.
+    func testMissingWorkspaceFolderCreatesNothing() throws {
+        for command in [["run", "Pipelines/chain.yaml"], ["status", "Pipelines/chain.yaml"], ["export", "snakemake", "Pipelines/chain.yaml"]] {
+            let (status, out, err) = try ws.wsss(command + ["--workspace", ws.path("typo/deeper")])
+            XCTAssertEqual(status, 1, "\(command)")
+            XCTAssertEqual(out, "")
+            XCTAssertEqual(err, "error: --workspace \(ws.path("typo/deeper")): no such folder\n")
+            XCTAssertNil(FileStamp.of(ws.path("typo")), "\(command)")
+        }
+        XCTAssertEqual(ws.started(), [])
+    }
+
     // MARK: Running
 
     func testIndependentStagesRunInParallelUpToJobs() throws {
