@@ -46,8 +46,18 @@ public struct BoundPipeline: Sendable {
     public let displayFile: String
     public let stages: [BoundStage]
 
+    private let positions: [String: Int]
+
+    public init(pipeline: Pipeline, file: String, displayFile: String, stages: [BoundStage]) {
+        self.pipeline = pipeline
+        self.file = file
+        self.displayFile = displayFile
+        self.stages = stages
+        positions = Dictionary(stages.enumerated().map { ($1.name, $0) }, uniquingKeysWith: { first, _ in first })
+    }
+
     public var name: String { pipeline.name }
-    public func stage(_ name: String) -> BoundStage? { stages.first { $0.name == name } }
+    public func stage(_ name: String) -> BoundStage? { positions[name].map { stages[$0] } }
 }
 
 extension Runner {

@@ -95,7 +95,19 @@ public struct Pipeline: Sendable {
     /// Summary fields: name -> metric as `STAGE.KEY[.KEY...]` of a stage's JSON metrics output.
     public var summary: [(field: String, metric: String)] = []
 
-    public func stage(_ name: String) -> StageDecl? { stages.first { $0.name == name } }
+    /// Stage names to positions in `stages` (lookups by name stay constant-time in large files).
+    private let positions: [String: Int]
+
+    public init(file: String, name: String, description: String?, params: [String: JSONValue], stages: [StageDecl]) {
+        self.file = file
+        self.name = name
+        self.description = description
+        self.params = params
+        self.stages = stages
+        positions = Dictionary(stages.enumerated().map { ($1.name, $0) }, uniquingKeysWith: { first, _ in first })
+    }
+
+    public func stage(_ name: String) -> StageDecl? { positions[name].map { stages[$0] } }
 
     /// `name` and every stage it reads from, directly or not.
     public func withAncestors(_ name: String) -> Set<String> {
@@ -421,8 +433,10 @@ private struct Parsing {
 
         var stages: [StageDecl] = []
         var outputOwners: [String: (stage: String, output: String, location: SourceLocation)] = [:]
+        var seen: Set<String> = []
         for node in stageNodes {
-            guard let stage = parseStage(node, shared: shared, stageNames: stageNames, seen: stages.map(\.name)) else { continue }
+            guard let stage = parseStage(node, shared: shared, stageNames: stageNames, seen: seen) else { continue }
+            seen.insert(stage.name)
             for output in stage.outputs {
                 if let owner = outputOwners[output.path] {
                     fail(output.location, "output path \(output.path) is already written by stage '\(owner.stage)' output '\(owner.output)' (\(owner.location)); two stages cannot write one file")
@@ -434,11 +448,12 @@ private struct Parsing {
         }
 
         // References: known stage, declared output; paths must not hide a dependency.
+        let byName = Dictionary(stages.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
         for stage in stages {
             for input in stage.inputs {
                 switch input.source {
                 case .stage(let upstream, let output):
-                    guard let producer = stages.first(where: { $0.name == upstream }) else { continue }
+                    guard let producer = byName[upstream] else { continue }
                     if !producer.outputs.contains(where: { $0.name == output }) {
                         fail(input.location, "stage '\(upstream)' has no output '\(output)' (its outputs: \(producer.outputs.map(\.name).joined(separator: ", ")))")
                     }
@@ -482,7 +497,7 @@ private struct Parsing {
         return pipeline
     }
 
-    mutating func parseStage(_ node: Node, shared: [String: JSONValue], stageNames: [String: SourceLocation], seen: [String]) -> StageDecl? {
+    mutating func parseStage(_ node: Node, shared: [String: JSONValue], stageNames: [String: SourceLocation], seen: Set<String>) -> StageDecl? {
         guard let members = pairs(node, what: "a stage", allowed: PipelineParser.stageKeys) else { return nil }
         let fields = Dictionary(members.map { ($0.key, $0) }, uniquingKeysWith: { first, _ in first })
         guard let nameField = fields["name"] else {
@@ -582,41 +597,95 @@ private struct Parsing {
                          paramLocations: paramLocations, outputs: outputs, location: location(nameField.value), runLocation: runLocation)
     }
 
-    /// Dependency order, keeping file order where possible; reports cycles.
+    /// Dependency order, keeping file order where possible; reports cycles. Linear in the number
+    /// of stages and references (iterative, so a 50,000-stage chain does not exhaust the stack).
     mutating func order(_ stages: [StageDecl]) -> [StageDecl]? {
-        let byName = Dictionary(stages.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
-        // Depth-first search for a cycle, to name it.
-        var state: [String: Int] = [:] // 1 visiting, 2 done
-        var path: [String] = []
-        func visit(_ name: String) -> [String]? {
-            if state[name] == 2 { return nil }
-            if state[name] == 1 { return Array(path[path.firstIndex(of: name)!...]) + [name] }
-            state[name] = 1
-            path.append(name)
-            for upstream in byName[name]!.upstream.sorted() where byName[upstream] != nil {
-                if let cycle = visit(upstream) { return cycle }
+        var index: [String: Int] = [:]
+        for (i, stage) in stages.enumerated() where index[stage.name] == nil { index[stage.name] = i }
+        let upstream: [[Int]] = stages.map { stage in stage.upstream.sorted().compactMap { index[$0] } }
+
+        // Depth-first search for a cycle, to name it (upstream in name order, as it reads).
+        var state = [UInt8](repeating: 0, count: stages.count)  // 1 visiting, 2 done
+        var path: [Int] = []
+        var stack: [(stage: Int, next: Int)] = []
+        for root in stages.indices where state[root] == 0 {
+            state[root] = 1
+            path.append(root)
+            stack.append((root, 0))
+            while let top = stack.last {
+                guard top.next < upstream[top.stage].count else {
+                    stack.removeLast()
+                    path.removeLast()
+                    state[top.stage] = 2
+                    continue
+                }
+                stack[stack.count - 1].next += 1
+                let next = upstream[top.stage][top.next]
+                if state[next] == 2 { continue }
+                if state[next] == 1 {
+                    // The cycle reads against the dataflow; print it in dataflow order.
+                    let cycle = Array(path[path.firstIndex(of: next)!...]) + [next]
+                    let flow = cycle.reversed().map { stages[$0].name }
+                    let input = stages[index[flow[1]]!].inputs.first { if case .stage(flow[0], _) = $0.source { return true } else { return false } }
+                    fail(input?.location ?? stages[index[flow[0]]!].location, "cycle between stages: \(flow.joined(separator: " -> "))")
+                    return nil
+                }
+                state[next] = 1
+                path.append(next)
+                stack.append((next, 0))
             }
-            path.removeLast()
-            state[name] = 2
-            return nil
         }
-        for stage in stages {
-            if let cycle = visit(stage.name) {
-                // The cycle reads against the dataflow; print it in dataflow order.
-                let flow = Array(cycle.reversed())
-                let first = byName[flow[0]]!
-                let input = byName[flow[1]]!.inputs.first { if case .stage(flow[0], _) = $0.source { return true } else { return false } }
-                fail(input?.location ?? first.location, "cycle between stages: \(flow.joined(separator: " -> "))")
-                return nil
-            }
-        }
-        var placed: Set<String> = []
+
+        // Kahn's algorithm, always taking the ready stage that comes first in the file.
+        var waitingOn = upstream.map(\.count)
+        var downstream = [[Int]](repeating: [], count: stages.count)
+        for (i, ups) in upstream.enumerated() { for u in ups { downstream[u].append(i) } }
+        var ready = MinHeap()
+        for i in stages.indices where waitingOn[i] == 0 { ready.push(i) }
         var result: [StageDecl] = []
-        while result.count < stages.count {
-            let next = stages.first { !placed.contains($0.name) && $0.upstream.isSubset(of: placed) }!
-            placed.insert(next.name)
-            result.append(next)
+        result.reserveCapacity(stages.count)
+        while let next = ready.pop() {
+            result.append(stages[next])
+            for d in downstream[next] {
+                waitingOn[d] -= 1
+                if waitingOn[d] == 0 { ready.push(d) }
+            }
         }
         return result
     }
 }
+
+/// A binary min-heap of stage indices (the ready stages in file order).
+struct MinHeap {
+    private var items: [Int] = []
+
+    mutating func push(_ value: Int) {
+        items.append(value)
+        var child = items.count - 1
+        while child > 0 {
+            let parent = (child - 1) / 2
+            guard items[child] < items[parent] else { break }
+            items.swapAt(child, parent)
+            child = parent
+        }
+    }
+
+    mutating func pop() -> Int? {
+        guard let top = items.first else { return nil }
+        let last = items.removeLast()
+        guard !items.isEmpty else { return top }
+        items[0] = last
+        var parent = 0
+        while true {
+            let left = 2 * parent + 1, right = left + 1
+            var smallest = parent
+            if left < items.count, items[left] < items[smallest] { smallest = left }
+            if right < items.count, items[right] < items[smallest] { smallest = right }
+            if smallest == parent { break }
+            items.swapAt(parent, smallest)
+            parent = smallest
+        }
+        return top
+    }
+}
+
