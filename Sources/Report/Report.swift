@@ -282,7 +282,8 @@ final class ReportPage {
     /// The cell for a stage that is absent or has not run.
     func absentCell(_ stage: StageProducts?, what: String = "not in this pipeline") -> String {
         guard let stage else { return HTML.notApplicable(what) }
-        return HTML.notRun(stage.state == .notRun ? "not run yet" : "no output")
+        // A stale stage shows its last run, which may predate an output the stage writes now.
+        return stage.state == .notRun ? HTML.notRun() : HTML.notApplicable("not written by its last run (stale)")
     }
 
     // MARK: Comparison, parameters, timings
@@ -294,13 +295,16 @@ final class ReportPage {
         let seeds = seedStatistics()
         var out = #"<h2 id="comparison">Comparison</h2>"# + "\n"
         out += "<p>The table of <code>wsss compare</code>"
-            + (bySummary ? " (each pipeline's <code>summary:</code> fields, then training and total seconds)" : " (every evaluate metric)")
+            + (bySummary ? " (each pipeline's <code>summary:</code> fields, then training and total seconds)" : " (every evaluate metric, then training and total seconds)")
         if let seeds {
             out += "; below each value, the mean ± sample standard deviation over seeds from <code>\(HTML.escape(seeds.shown))</code> (<code>make compare</code>)\(HTML.source(seeds.source))"
         }
-        out += ".</p>\n"
+        out += ". Training and total seconds add up the stage times below, of the runs shown (a stale stage's last run too).</p>\n"
         var rows: [[String]] = []
-        for metric in comparison.metrics {
+        let none = [JSONValue?](repeating: nil, count: views.count)
+        let metricRows = comparison.metrics.map { (name: $0.name, values: $0.values) }
+            + (bySummary ? [] : [(name: "train_seconds", values: none), (name: "total_seconds", values: none)])
+        for metric in metricRows {
             var row = ["<th>\(HTML.escape(metric.name))</th>"]
             for (p, view) in views.enumerated() {
                 row.append(comparisonCell(metric: metric.name, value: metric.values[p], view: view, bySummary: bySummary,
@@ -308,7 +312,7 @@ final class ReportPage {
             }
             rows.append(row)
         }
-        if rows.isEmpty { rows.append(["<th>metrics</th>"] + views.map { absentCell($0.evaluations.first?.evaluate, what: "no evaluate stage") }) }
+        if comparison.metrics.isEmpty { rows.append(["<th>metrics</th>"] + views.map { absentCell($0.evaluations.first?.evaluate, what: "no evaluate stage") }) }
         out += HTML.table(id: "compare", header: ["metric"] + comparison.pipelines, rows: rows)
 
         out += "<h3>Parameters that differ</h3>\n"
@@ -337,11 +341,19 @@ final class ReportPage {
         let reference = bySummary ? view.bound.pipeline.summary.first { $0.field == metric }?.metric : metric
         let stageName = reference.map { String($0.split(separator: ".", maxSplits: 1).first ?? "") }
         var html: String
-        if let value, let number = value.doubleValue {
-            html = isTime ? HTML.seconds(number) : HTML.number(number)
-            if isTime {
-                html += ##"<a class="src" href="#timings-section" title="the sum of the stage times below, from the cache entries">[t]</a>"##
-            } else if let stageName, let stage = view.products(stageName), let found = metrics(stage, pipeline: view.name) {
+        if isTime {
+            // The runs shown (a stale stage's last run included), as in the timings table; `wsss
+            // compare` counts up-to-date stages only.
+            let counted = metric == "total_seconds" ? view.stages
+                : view.stages.filter { Runner.trainingExecutables.contains(executableName($0.stage)) }
+            let times = counted.compactMap(\.seconds)
+            if times.isEmpty { return counted.isEmpty ? HTML.notApplicable("no training stage") : HTML.notRun() }
+            html = HTML.seconds(times.reduce(0, +))
+                + ##"<a class="src" href="#timings-section" title="the sum of the stage times below, from the cache entries">[t]</a>"##
+            if times.count < counted.count { html += "<br><small>(\(counted.count - times.count) stages not run)</small>" }
+        } else if let value, let number = value.doubleValue {
+            html = HTML.number(number)
+            if let stageName, let stage = view.products(stageName), let found = metrics(stage, pipeline: view.name) {
                 html += HTML.source(found.source)
             }
         } else if let value {
@@ -453,7 +465,8 @@ final class ReportPage {
             var allMissing = true
             for (evaluate, subject) in evaluations {
                 guard let output = evaluate.outputs["confusion"] else {
-                    figures.append(#"<figure><span class="missing">not run yet</span><figcaption>\#(HTML.escape(evaluate.name))</figcaption></figure>"#)
+                    let why = evaluate.state == .notRun ? #"<span class="missing">not run yet</span>"# : "— its last run (stale) wrote no confusion matrix"
+                    figures.append("<figure>\(why)<figcaption>\(HTML.escape(evaluate.name))</figcaption></figure>")
                     continue
                 }
                 allMissing = false
@@ -461,7 +474,9 @@ final class ReportPage {
                 let file = try copy(output, as: "confusion-\(p)-\(evaluate.name).svg")
                 figures.append(#"<figure><img class="wide" src="\#(file)" alt="confusion of \#(HTML.escape(view.name)) \#(HTML.escape(evaluate.name))"><figcaption>\#(HTML.escape(evaluate.name)) of \#(HTML.escape(subject.name))\#(HTML.source(source))</figcaption></figure>"#)
             }
-            rows.append(["<th>\(HTML.escape(view.name))</th>", allMissing ? HTML.notRun() : HTML.cell(figures.joined())])
+            let stale = evaluations.contains { $0.evaluate.state == .stale }
+            rows.append(["<th>\(HTML.escape(view.name))</th>", !allMissing ? HTML.cell(figures.joined())
+                         : stale ? HTML.notApplicable("its last run (stale) wrote no confusion matrix") : HTML.notRun()])
         }
         return out + HTML.table(id: "confusion", header: ["pipeline", "confusion matrix"], rows: rows)
     }
@@ -556,7 +571,7 @@ final class ReportPage {
                 let reader = try ClassMapsReader(path: output.stored)
                 guard reader.context.split == split.name, reader.context.datasetHash == datasetHash,
                       let entry = reader.imageIndices.firstIndex(of: index) else {
-                    return (notMade(reader.context, split: split.name, datasetHash: datasetHash, count: reader.count), "na")
+                    return (notMade(reader.context, split: split.name, datasetHash: datasetHash, count: reader.count, stale: stage.state == .stale), "na")
                 }
                 // Background threshold: the one the stage's evaluation found best.
                 var threshold = 0.5
@@ -577,7 +592,7 @@ final class ReportPage {
                 let reader = try LabelMapsReader(path: output.stored, kind: column == .prediction ? .predictions : .labels)
                 guard reader.context.split == split.name, reader.context.datasetHash == datasetHash,
                       let entry = reader.imageIndices.firstIndex(of: index) else {
-                    return (notMade(reader.context, split: split.name, datasetHash: datasetHash, count: reader.count), "na")
+                    return (notMade(reader.context, split: split.name, datasetHash: datasetHash, count: reader.count, stale: stage.state == .stale), "na")
                 }
                 let (height, width, values) = try reader.labels(entry)
                 labels = LabelMap(width: width, height: height, labels: values)
@@ -590,8 +605,8 @@ final class ReportPage {
         return (#"<img class="px" src="\#(picture)" alt="\#(HTML.escape(stage.name)) \#(split.name) \#(index)">"# + source, "value")
     }
 
-    func notMade(_ context: MapContext, split: String, datasetHash: String, count: Int) -> String {
-        if context.datasetHash != datasetHash { return "— made from another dataset" }
+    func notMade(_ context: MapContext, split: String, datasetHash: String, count: Int, stale: Bool) -> String {
+        if context.datasetHash != datasetHash { return stale ? "— its last run (stale) read another dataset" : "— made from another dataset" }
         if context.split != split { return "— made for the \(context.split) split" }
         return "— not among the \(count) images it mapped"
     }
@@ -724,7 +739,8 @@ final class ReportPage {
                 }
                 let groups: [(String, [String])] = [
                     ("loss per epoch", log.series.keys.filter { $0.contains("loss") }.sorted()),
-                    ("quality per epoch", log.series.keys.filter { !$0.contains("loss") && !Self.isRate($0) }.sorted()),
+                    // Times are the runner's (stage timings above); older logs that kept epoch_seconds are not charted.
+                    ("quality per epoch", log.series.keys.filter { !$0.contains("loss") && !Self.isRate($0) && !$0.hasSuffix("seconds") }.sorted()),
                     ("learning rate per epoch", log.series.keys.filter(Self.isRate).sorted()),
                 ]
                 for (g, group) in groups.enumerated() {
