@@ -696,7 +696,14 @@ final class ReportPage {
             let file = try writeAsset("layers-\(anchor).svg", svg)
             out += #"<figure><img class="wide" src="\#(file)" alt="per-layer analysis of \#(HTML.escape(view.name)) \#(HTML.escape(stage.name))"><figcaption>from \#(HTML.escape(stage.name)).report\#(HTML.source(source))</figcaption></figure>"# + "\n"
         }
-        out += HTML.table(id: "\(anchor)-table", header: ["layer", "entropy / log n", "Hellinger", "single-layer mIoU", "best threshold", "weight applied"], rows: rows)
+        if !analysed && !entropy.contains(where: { $0?.isFinite == true }) {
+            // Nothing per layer but the weights applied (method mean or acr without analyse: true).
+            out += "<p>No per-layer entropy, Hellinger distance or single-layer mIoU: method \(HTML.escape(report["method"]?.display ?? "?")) "
+                + "computes none, and the stage ran without <code>analyse: true</code>. The weights it applied:</p>\n"
+            out += HTML.table(id: "\(anchor)-table", header: ["layer", "weight applied"], rows: rows.map { [$0[0], $0[5]] })
+        } else {
+            out += HTML.table(id: "\(anchor)-table", header: ["layer", "entropy / log n", "Hellinger", "single-layer mIoU", "best threshold", "weight applied"], rows: rows)
+        }
         let methods = objects(report["methods"])
         if !methods.isEmpty {
             out += HTML.table(id: "\(anchor)-methods", header: ["refinement of the same seeds", "mIoU", "best threshold"], rows: methods.map { row in
