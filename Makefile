@@ -4,6 +4,8 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 APT_PACKAGES := libhdf5-dev libopenblas-dev libpng-dev libzstd-dev libjpeg62-turbo-dev zlib1g-dev pkg-config dataset-fashion-mnist
+# For the tests only: the report test opens `wsss report`'s page in headless Chromium.
+TEST_APT_PACKAGES := chromium
 VENV := .venv
 PYTHON := $(VENV)/bin/python
 BIN := .build/release
@@ -14,7 +16,7 @@ SWIFT_BUILD := swift build -c release
 
 help:
 	@echo "make test       build and run every test (installs what is missing first)"
-	@echo "make demo       run the main pipeline end to end on the default benchmark"
+	@echo "make demo       run the demo pipelines end to end on the default benchmark, then their report page"
 	@echo "make compare    every demo pipeline with 3 seeds: mean and standard deviation per method"
 	@echo "make reproduce  rerun Pipelines/ci.yaml and check its metrics against recorded values"
 	@echo "make bench      Swift vs PyTorch CPU vs onnxruntime at the default ViT-S/14 config (prints RATIO lines)"
@@ -26,7 +28,7 @@ VENV_READY := $(VENV)/.ready-snakemake
 VIT_WEIGHTS := Artifacts/pretrained/dinov2-vits14.h5
 
 deps: $(VENV_READY)
-	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@missing=""; for p in $(APT_PACKAGES) $(TEST_APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
@@ -86,10 +88,13 @@ $(error SIZE must be default or full, got '$(SIZE)')
 endif
 
 # The main job: every demo pipeline (they share data and, where the recipe is the same, the
-# classifier and seeds through the cache), then Artifacts/demo/summary.json and summary.md.
+# classifier and seeds through the cache), then Artifacts/demo/summary.json and summary.md, and
+# last the results page Artifacts/demo/report/index.html (`wsss report`).
 demo: build pretrained
 	@for p in $(DEMO_PIPELINES); do $(BIN)/wsss run $$p $(DEMO_SET) || exit 1; done
 	$(BIN)/wsss summary $(DEMO_PIPELINES) $(DEMO_SET) --out Artifacts/demo
+	$(BIN)/wsss report $(DEMO_PIPELINES) $(DEMO_SET) --out Artifacts/demo/report
+	@echo "report: file://$(abspath Artifacts/demo/report/index.html)"
 
 # Every demo pipeline with training seeds 0, 1 and 2 (same scenes), then mean and standard
 # deviation per summary field: Artifacts/compare/compare.md and compare.json. Seed 0 is the demo's

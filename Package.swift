@@ -91,8 +91,10 @@ let package = Package(
         .executableTarget(name: "engine-bench", dependencies: ["Engine", "Localization", "Primitives", "ACR"], swiftSettings: fastMath),
         // The Swift side of `make bench` (Benchmarks/bench.sh): training step, forward with attention, sgemm.
         .executableTarget(name: "bench-train-step", dependencies: ["Engine", "Primitives", "StageKit"], swiftSettings: fastMath),
+        // `wsss report`: the results page, drawn from artifacts (reads maps, datasets, checkpoint logs).
+        .target(name: "Report", dependencies: ["Runner", "ArtifactStore", "Imaging", "Datasets", "Localization", "Training"]),
         .executableTarget(name: "wsss", dependencies: [
-            "Runner", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            "Runner", "Report", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 
         .testTarget(name: "ArtifactStoreTests", dependencies: ["ArtifactStore", "TestSupport"]),

@@ -45,7 +45,7 @@ struct Wsss: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "wsss",
         abstract: "Runs WSSS pipelines: reruns only what changed, and says why.",
-        subcommands: [RunCommand.self, StatusCommand.self, CompareCommand.self, SummaryCommand.self, ShowCommand.self, GCCommand.self,
+        subcommands: [RunCommand.self, StatusCommand.self, CompareCommand.self, SummaryCommand.self, ReportCommand.self, ShowCommand.self, GCCommand.self,
                       ExportCommand.self, SourceDateEpochCommand.self])
 }
 
