@@ -19,6 +19,31 @@ final class PipelineFileTests: XCTestCase {
         }
     }
 
+    /// A 20,000-stage chain written last stage first: ordering is linear (a Kahn pass, not a
+    /// rescan of the file per stage) and iterative (no recursion 20,000 deep). The speed itself is
+    /// measured by Benchmarks/bench_runner.sh, not here.
+    func testLongChainWrittenBackwardsIsOrderedUpstreamFirst() throws {
+        let count = 20_000
+        var yaml = "name: long\nstages:\n"
+        for i in stride(from: count - 1, through: 0, by: -1) {
+            let input = i == 0 ? "data/raw.txt" : "s\(i - 1).out"
+            yaml += "  - name: s\(i)\n    run: wsss-test-stage\n    inputs: {a: \(input)}\n    outputs: {out: T/s\(i).txt}\n"
+        }
+        yaml += "  - name: loose\n    run: wsss-test-stage\n    outputs: {out: T/loose.txt}\n"
+        let pipeline = try PipelineParser.parse(text: yaml, file: "long.yaml")
+        // Upstream first; among ready stages the one written first: every chain stage precedes
+        // the independent one written after them all.
+        XCTAssertEqual(pipeline.stages.map(\.name), (0..<count).map { "s\($0)" } + ["loose"])
+        XCTAssertEqual(pipeline.stage("s12345")?.inputs.first?.source, .stage("s12344", output: "out"))
+        XCTAssertEqual(pipeline.withAncestors("s3"), ["s0", "s1", "s2", "s3"])
+
+        // A cycle closed at the far end of the chain is found and named, not overflowed.
+        let cyclic = yaml.replacingOccurrences(of: "inputs: {a: data/raw.txt}", with: "inputs: {a: s\(count - 1).out}")
+        let problems = errors(cyclic, file: "long.yaml")
+        XCTAssertEqual(problems.count, 1)
+        XCTAssertTrue(problems.first?.contains("cycle between stages: s19999 -> s0 -> s1 -> s2") ?? false, "\(problems.first?.prefix(200) ?? "")")
+    }
+
     func testSeveralProblemsAreReportedTogetherWithPositions() {
         let yaml = """
         name: bad
