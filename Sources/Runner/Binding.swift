@@ -66,8 +66,10 @@ extension Runner {
     public func load(_ file: String, overrides: [String] = []) throws -> BoundPipeline {
         let absolute = Workspace.absolute(file, base: FileManager.default.currentDirectoryPath)
         let shown = workspace.display(absolute)
-        let pipeline = try PipelineParser.parse(file: absolute, displayAs: shown, overrides: overrides)
-        var errors: [PipelineError] = []
+        // Problems of the file and of its stages against their executables come in one report.
+        let (parsed, parseErrors) = try PipelineParser.parsePartially(file: absolute, displayAs: shown, overrides: overrides)
+        guard let pipeline = parsed else { throw PipelineErrors(parseErrors) }
+        var errors = parseErrors
         var bound: [BoundStage] = []
         for stage in pipeline.stages {
             let label = "stage '\(stage.name)'"

@@ -134,6 +134,10 @@ public enum PipelineParser {
     /// Reads `file`; messages name it as `displayAs` (default: as given).
     public static func parse(file: String, displayAs: String? = nil, overrides: [String] = []) throws -> Pipeline {
         let shown = displayAs ?? file
+        return try parse(text: try readText(file: file, shown: shown), file: shown, overrides: overrides)
+    }
+
+    static func readText(file: String, shown: String) throws -> String {
         var isDirectory: ObjCBool = false
         guard FileManager.default.fileExists(atPath: file, isDirectory: &isDirectory), !isDirectory.boolValue else {
             throw PipelineErrors([PipelineError(SourceLocation(file: shown), "no such pipeline file")])
@@ -144,10 +148,23 @@ public enum PipelineParser {
         guard let text = String(data: data, encoding: .utf8) else {
             throw PipelineErrors([PipelineError(SourceLocation(file: shown), "pipeline file is not UTF-8 text")])
         }
-        return try parse(text: text, file: shown, overrides: overrides)
+        return text
     }
 
     public static func parse(text: String, file: String, overrides: [String] = []) throws -> Pipeline {
+        let (pipeline, errors) = try parsePartially(text: text, file: file, overrides: overrides)
+        guard let pipeline, errors.isEmpty else { throw PipelineErrors(errors) }
+        return pipeline
+    }
+
+    /// The stages that parsed, next to every problem found (empty when the file is valid), so
+    /// that later checks can add theirs to the same report. Throws only when there is nothing to
+    /// check further (unreadable file, YAML syntax, no stages).
+    public static func parsePartially(file: String, displayAs: String? = nil, overrides: [String] = []) throws -> (Pipeline?, [PipelineError]) {
+        try parsePartially(text: try readText(file: file, shown: displayAs ?? file), file: displayAs ?? file, overrides: overrides)
+    }
+
+    static func parsePartially(text: String, file: String, overrides: [String]) throws -> (Pipeline?, [PipelineError]) {
         var parser = Parsing(file: file)
         let root: Node?
         do {
@@ -159,8 +176,8 @@ public enum PipelineParser {
             throw PipelineErrors([PipelineError(SourceLocation(file: file, line: 1, column: 1), "pipeline file is empty")])
         }
         let pipeline = parser.pipeline(root, overrides: overrides)
-        if !parser.errors.isEmpty || pipeline == nil { throw PipelineErrors(parser.errors) }
-        return pipeline!
+        if pipeline == nil, parser.errors.isEmpty { throw PipelineErrors([PipelineError(SourceLocation(file: file), "pipeline file holds no pipeline")]) }
+        return (pipeline, parser.errors)
     }
 
     static func matches(_ regex: NSRegularExpression, _ text: String) -> [String]? {
@@ -490,8 +507,9 @@ private struct Parsing {
             }
         }
 
-        guard errors.isEmpty else { return nil }
-        guard let ordered = order(stages) else { return nil }
+        // With errors, the stages that did parse are still returned (in file order where a cycle
+        // leaves no dependency order), so that binding can report its problems in the same pass.
+        let ordered = order(stages) ?? stages
         var pipeline = Pipeline(file: file, name: name, description: description, params: shared, stages: ordered)
         pipeline.summary = summary
         return pipeline

@@ -526,6 +526,51 @@ final class RunnerTests: XCTestCase {
         XCTAssertEqual(stages[0]["reasons"] as? [String], [])
     }
 
+    /// Problems of the file (a key, a cycle) and of its stages against their executables (an
+    /// unknown parameter, a missing input file) are all reported by the first run, not in rounds.
+    func testEveryPipelineProblemIsReportedInOnePass() throws {
+        try ws.write("""
+        name: bad
+        stages:
+          - name: a
+            run: wsss-test-stage
+            params: {factor: 2, colour: red}
+            inputs: {a: data/missing.txt}
+            outputs: {out: A/a.txt, metrics: A/a.json}
+          - name: b
+            run: wsss-test-stage
+            inputs: {a: c.out}
+            outputs: {out: A/b.txt, metrics: A/b.json}
+          - name: c
+            run: wsss-test-stage
+            inputs: {a: b.out}
+            outputs: {out: A/c.txt, metrics: A/c.json}
+          - name: d
+            run: wsss-test-stage
+            param: {factor: 2}
+            outputs: {out: A/d.txt, metrics: A/d.json}
+
+        """, to: "Pipelines/bad.yaml")
+        let (status, out, err) = try ws.wsss(["run", "Pipelines/bad.yaml"])
+        XCTAssertEqual(status, 2)
+        XCTAssertEqual(out, "")
+        XCTAssertEqual(err.split(separator: "\n").sorted(), [
+            "Pipelines/bad.yaml:14:17: error: cycle between stages: b -> c -> b",
+            "Pipelines/bad.yaml:18:5: error: unknown key 'param' in a stage (allowed: name, run, description, inputs, params, outputs)",
+            "Pipelines/bad.yaml:5:25: error: stage 'a': wsss-test-stage has no parameter 'colour' (its parameters: \(try testStageParameters()))",
+            "Pipelines/bad.yaml:6:17: error: stage 'a': input 'a': no such file or folder: data/missing.txt",
+        ])
+        XCTAssertEqual(ws.started(), [])
+        XCTAssertNil(FileStamp.of(ws.path("A")))
+    }
+
+    /// wsss-test-stage's parameter names, as its --describe lists them.
+    func testStageParameters() throws -> String {
+        let described = try ProcessRunner.run(URL(fileURLWithPath: productsDirectory + "/wsss-test-stage"), ["--describe"])
+        let object = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(described.stdout.utf8)) as? [String: Any])
+        return try XCTUnwrap(object["params"] as? [String: Any]).keys.sorted().joined(separator: ", ")
+    }
+
     func testMalformedPipelineFromTheCommandLine() throws {
         try ws.write("""
         name: bad
