@@ -85,6 +85,18 @@ public struct ViTConfig: Codable, Equatable, Sendable {
     public var tokens: Int { grid * grid + 1 }
     public var hidden: Int { mlpRatio * dim }
 
+    /// Bytes a pass over `batch` images of `imageSide` px keeps alive at once, roughly: per layer
+    /// the attention logits and probabilities (kept for backward, or recorded for the methods) and
+    /// the token activations (attention, MLP hidden, norms); float32. An estimate for refusing
+    /// impossible parameters early (MemoryBudget), not an allocator.
+    public func activationBytes(batch: Int, imageSide: Int) -> Double {
+        let side = Double(imageSide) / Double(patchSize)
+        let tokens = side * side + 1
+        let attention = 2 * Double(heads) * tokens * tokens
+        let activations = tokens * Double(8 * dim + 2 * hidden)
+        return 4 * Double(batch) * Double(depth) * (attention + activations)
+    }
+
     /// Throws a description of the first inconsistency.
     public func validate() throws {
         func fail(_ s: String) -> EngineError { EngineError("invalid ViT config: \(s)") }

@@ -1,4 +1,5 @@
 import Foundation
+import StageKit
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -14,6 +15,9 @@ public struct StageDescription: Codable, Sendable {
     public var params: [String: JSONValue]
     /// What one run asks of a machine (absent from stages built before stages declared it).
     public var resources: Resources?
+    /// Which numeric parameters take whole numbers, and the declared ranges (absent from older stages).
+    public var param_kinds: [String: ParameterKind]?
+    public var param_rules: [String: ParameterRule]?
 
     public struct Resources: Codable, Sendable {
         public var threads: Int
@@ -118,6 +122,11 @@ extension Runner {
                 }
                 if fallback != .null, value != .null, fallback.kindName != value.kindName {
                     errors.append(PipelineError(at, "\(label): parameter '\(key)' must be a \(fallback.kindName) like its default \(fallback.canonical), got \(value.kindName) \(value.canonical)"))
+                    continue
+                }
+                if let problem = ParameterCheck.problem(key: key, numbers: value.numbers, kind: description.param_kinds?[key],
+                                                        rule: description.param_rules?[key], shown: value.canonical) {
+                    errors.append(PipelineError(at, "\(label): \(problem)"))
                     continue
                 }
                 params[key] = value

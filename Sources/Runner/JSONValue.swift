@@ -54,6 +54,16 @@ public enum JSONValue: Hashable, Sendable, Codable, CustomStringConvertible {
         try JSONDecoder().decode(JSONValue.self, from: data)
     }
 
+    /// The numbers in this value: itself, or a list's numeric elements (as ParameterCheck reads them).
+    public var numbers: [Double] {
+        switch self {
+        case .int(let value): return [Double(value)]
+        case .double(let value): return [value]
+        case .array(let values): return values.flatMap(\.numbers)
+        default: return []
+        }
+    }
+
     /// Canonical compact JSON text (sorted keys).
     public var canonical: String {
         var out = ""

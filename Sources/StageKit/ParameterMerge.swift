@@ -13,6 +13,43 @@ public enum ParameterMerge {
         return String(decoding: data, as: UTF8.self)
     }
 
+    /// Which numeric parameters take whole numbers, found from the parameter type itself: a
+    /// parameter (or list) is an integer one when 2.5 does not decode where 2 does.
+    public static func kinds<P: StageParameters>(_ type: P.Type) throws -> [String: ParameterKind] {
+        let defaults = try jsonObject(P())
+        func decodes(_ key: String, _ value: Any) -> Bool {
+            var probe = defaults
+            probe[key] = value
+            guard let data = try? JSONSerialization.data(withJSONObject: probe) else { return false }
+            do {
+                _ = try JSONDecoder().decode(P.self, from: data)
+                return true
+            } catch is DecodingError {
+                return false
+            } catch {
+                return true  // the value decoded; the type's own checks refused it
+            }
+        }
+        var kinds: [String: ParameterKind] = [:]
+        for (key, value) in defaults {
+            let list = value as? [Any]
+            guard !ParameterCheck.numbers(value).isEmpty || list?.isEmpty == true else { continue }
+            let (whole, fractional): (Any, Any) = list == nil ? (2, 2.5) : ([2], [2.5])
+            if decodes(key, fractional) {
+                kinds[key] = .number
+            } else if decodes(key, whole) {
+                kinds[key] = .integer
+            }
+        }
+        return kinds
+    }
+
+    /// A value as the user wrote it, for messages.
+    static func shown(_ value: Any) -> String {
+        guard let data = try? JSONSerialization.data(withJSONObject: value, options: [.fragmentsAllowed, .sortedKeys]) else { return "\(value)" }
+        return String(decoding: data, as: UTF8.self)
+    }
+
     /// "3" -> 3, "true" -> true, "[1,2]" -> [1, 2], "abc" -> "abc".
     public static func parseValue(_ text: String) -> Any {
         if let data = text.data(using: .utf8),
@@ -31,6 +68,15 @@ public enum ParameterMerge {
                     throw StageError("unknown parameter '\(key)' (known: \(known.sorted().joined(separator: ", ")))")
                 }
                 merged[key] = value
+            }
+        }
+        let kinds = try kinds(P.self)
+        for key in merged.keys.sorted() {
+            let value = merged[key]!
+            let numbers = ParameterCheck.numbers(value)
+            guard !numbers.isEmpty else { continue }
+            if let problem = ParameterCheck.problem(key: key, numbers: numbers, kind: kinds[key], rule: P.rules[key], shown: shown(value)) {
+                throw StageError(problem)
             }
         }
         let data = try JSONSerialization.data(withJSONObject: merged, options: [.sortedKeys])

@@ -117,6 +117,12 @@ public struct Shard: Sendable, Equatable, CustomStringConvertible {
 /// A stage's parameters: a Codable struct whose `init()` holds the defaults.
 public protocol StageParameters: Codable {
     init()
+    /// The accepted range of each numeric parameter (JSON name -> rule); see ParameterRule.
+    static var rules: [String: ParameterRule] { get }
+}
+
+extension StageParameters {
+    public static var rules: [String: ParameterRule] { [:] }
 }
 
 /// An error a stage reports as its one line; the runner shows it as the stage's failure.
@@ -270,6 +276,8 @@ public enum StageMain {
             "name": spec.name, "version": spec.version, "summary": spec.summary,
             "inputs": spec.inputs, "optional_inputs": spec.optionalInputs, "outputs": spec.outputs,
             "params": try ParameterMerge.jsonObject(defaults), "resources": spec.resources.jsonObject, "shardable": spec.shardable,
+            "param_kinds": try ParameterMerge.kinds(P.self).mapValues(\.rawValue),
+            "param_rules": try ParameterMerge.jsonObject(P.rules),
         ]
         let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes])
         return String(decoding: data, as: UTF8.self)

@@ -43,6 +43,16 @@ public struct SegmentationParameters: Codable, Equatable {
     /// Pictures (image | truth | prediction) in the samples output.
     public var samples = 8
 
+    /// Accepted ranges (see ParameterRule), shared by seg-train and single-stage-train.
+    public static let rules: [String: ParameterRule] = [
+        "seed": .nonNegative, "epochs": .atLeast(1), "batch_size": .atLeast(1), "lr": .positive, "backbone_lr_mult": .nonNegative,
+        "weight_decay": .nonNegative, "clip_grad_norm": .nonNegative, "poly_power": .nonNegative, "scale_min": .positive,
+        "scale_max": .positive, "color_jitter": .nonNegative, "decoder_channels": .atLeast(1), "dilations": .atLeast(1),
+        "detail_channels": .nonNegative, "image_size": .between(0, 4096), "patch_size": .atLeast(1), "depth": .atLeast(1),
+        "dim": .atLeast(1), "heads": .atLeast(1), "frozen_blocks": .nonNegative, "eval_scales": .between(0.1, 8),
+        "val_every": .nonNegative, "samples": .nonNegative,
+    ]
+
     public init() {}
 
     enum CodingKeys: String, CodingKey {
@@ -51,6 +61,15 @@ public struct SegmentationParameters: Codable, Equatable {
         case scaleMin = "scale_min", scaleMax = "scale_max", flip, colorJitter = "color_jitter"
         case decoderChannels = "decoder_channels", dilations, detailChannels = "detail_channels", imageSize = "image_size", patchSize = "patch_size"
         case depth, dim, heads, stem, backbone, frozenBlocks = "frozen_blocks", evalScales = "eval_scales", evalFlip = "eval_flip", valEvery = "val_every", samples
+    }
+
+    /// Refuses batch sizes and inference scales whose activations could not fit in memory.
+    public func checkMemory(backbone config: ViTConfig) throws {
+        try MemoryBudget.check(bytes: config.activationBytes(batch: batchSize, imageSide: config.imageSize), parameter: "batch_size",
+                               what: "training batches of \(batchSize) images at \(config.imageSize) px")
+        let largest = Int((Double(config.imageSize) * (evalScales.max() ?? 1)).rounded())
+        try MemoryBudget.check(bytes: config.activationBytes(batch: batchSize, imageSide: largest), parameter: "eval_scales",
+                               what: "validation batches of \(batchSize) images at \(largest) px")
     }
 
     /// The augmentation of training views (colour jitter on brightness, contrast and saturation alike).

@@ -9,6 +9,10 @@ import Primitives
 import StageKit
 
 struct Params: StageParameters {
+    static let rules: [String: ParameterRule] = [
+        "threshold_start": .probability, "threshold_stop": .probability,
+        "threshold_step": ParameterRule(min: 0.0001, max: 1),
+    ]
     var method = RefinementMethod.areaM
     /// Affinity layers for mean, areaM and ACR's eq. 8 affinity: indices, negative from the end
     /// (-1 = last), empty = all layers.

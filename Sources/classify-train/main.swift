@@ -41,6 +41,18 @@ enum Method: String, ParameterChoice {
 }
 
 struct Params: StageParameters {
+    static let rules: [String: ParameterRule] = [
+        "image_size": .between(1, 4096), "patch_size": .atLeast(1), "depth": .atLeast(1), "dim": .atLeast(1), "heads": .atLeast(1),
+        "mlp_ratio": .atLeast(1), "frozen_blocks": .nonNegative, "drop_path_rate": ParameterRule(min: 0, max: 1, maxInclusive: false),
+        "epochs": .atLeast(1), "batch_size": .atLeast(1), "lr": .positive, "head_lr_mult": .positive, "weight_decay": .nonNegative,
+        "beta1": ParameterRule(min: 0, max: 1, maxInclusive: false), "beta2": ParameterRule(min: 0, max: 1, maxInclusive: false),
+        "eps": .positive, "clip_grad_norm": .nonNegative, "warmup_epochs": .nonNegative, "min_lr_factor": .probability,
+        "ema_decay": ParameterRule(min: 0, max: 1, maxInclusive: false), "brightness": .nonNegative, "contrast": .nonNegative,
+        "saturation": .nonNegative, "scale_min": .positive, "scale_max": .positive, "norm_std": .positive,
+        "max_train_images": .nonNegative, "max_val_images": .nonNegative, "threads": .nonNegative, "seed": .nonNegative,
+        "high_background": .probability, "low_background": .probability, "aream_loss_weight": .nonNegative,
+        "aream_warmup_epochs": .atLeast(-1), "acr_alpha": .nonNegative, "acr_beta": .nonNegative,
+    ]
     // Model. The default is a small hybrid ViT: a frozen ImageNet-pretrained EfficientNet-Lite0 stem
     // (stride 8) under 4 transformer blocks of width 128. From a linear patch embedding the same
     // transformer stays at the label prior for hundreds of steps on fashion-scenes (PyTorch too);
@@ -153,24 +165,12 @@ struct Params: StageParameters {
     }
 
     func validate() throws {
-        guard epochs >= 1 else { throw StageError("epochs must be >= 1, got \(epochs)") }
-        guard batchSize >= 1 else { throw StageError("batch_size must be >= 1, got \(batchSize)") }
-        guard lr > 0, lr.isFinite else { throw StageError("lr must be a positive number, got \(lr)") }
-        guard headLRMult > 0 else { throw StageError("head_lr_mult must be > 0, got \(headLRMult)") }
-        guard weightDecay >= 0 else { throw StageError("weight_decay must be >= 0, got \(weightDecay)") }
-        guard (0..<1).contains(beta1), (0..<1).contains(beta2) else { throw StageError("beta1 and beta2 must lie in [0, 1)") }
-        guard eps > 0 else { throw StageError("eps must be > 0") }
-        guard warmupEpochs >= 0 else { throw StageError("warmup_epochs must be >= 0") }
-        guard (0...1).contains(minLRFactor) else { throw StageError("min_lr_factor must lie in [0, 1]") }
-        guard clipGradNorm >= 0 else { throw StageError("clip_grad_norm must be >= 0 (0 disables clipping)") }
-        guard (0..<1).contains(emaDecay) else { throw StageError("ema_decay must lie in [0, 1) (0 disables the EMA)") }
+        // Single-parameter ranges are the `rules` above (checked before decoding); here what
+        // relates parameters to each other.
         guard normMean.count == 3, normStd.count == 3, normStd.allSatisfy({ $0 > 0 }) else {
             throw StageError("norm_mean and norm_std need 3 values each, std > 0")
         }
-        guard frozenBlocks >= 0 else { throw StageError("frozen_blocks must be >= 0, got \(frozenBlocks)") }
-        guard threads >= 0, maxTrainImages >= 0, maxValImages >= 0 else { throw StageError("threads and max_*_images must be >= 0") }
         do { try augmentation.validate() } catch { throw StageError("\(error)") }
-        guard acrAlpha >= 0, acrBeta >= 0, acrAlpha.isFinite, acrBeta.isFinite else { throw StageError("acr_alpha and acr_beta must be finite and >= 0") }
         if method == .areaM {
             guard 0 < lowBackground, lowBackground < highBackground, highBackground < 1 else {
                 throw StageError("areaM needs 0 < low_background < high_background < 1, got \(lowBackground) and \(highBackground)")
@@ -258,6 +258,8 @@ StageMain.run(spec, parameters: Params.self) { ctx in
         stemPath: ctx.optionalInput("stem_weights"), pretrained: pretrained, seed: UInt64(p.seed), xavier: p.initScheme == .xavier, log: ctx.log)
     model.frozenBlocks = p.frozenBlocks
     config = model.config
+    try MemoryBudget.check(bytes: config.activationBytes(batch: batch, imageSide: config.imageSize), parameter: "batch_size",
+                           what: "training batches of \(batch) images at \(config.imageSize) px")
     let trainer = ClassifierTrainer(model: model, settings: settings, objective: try p.objective(depth: config.depth, stepsPerEpoch: stepsPerEpoch))
     let session = ClassifierSession(trainer: trainer, train: train, val: val, batch: batch, seed: p.seed)
     if p.method == .acr { ctx.log.info("method acr: view \(p.acrView), alpha \(p.acrAlpha), beta \(p.acrBeta)") }

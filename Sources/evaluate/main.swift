@@ -6,6 +6,10 @@ import Localization
 import StageKit
 
 struct Params: StageParameters {
+    static let rules: [String: ParameterRule] = [
+        "threshold_start": .probability, "threshold_stop": .probability, "threshold_step": ParameterRule(min: 0.0001, max: 1),
+        "panels": .nonNegative,
+    ]
     /// Background-score sweep for class maps (seeds, refined CAMs): start...stop by step.
     var thresholdStart = 0.0
     var thresholdStop = 0.8

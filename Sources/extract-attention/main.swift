@@ -25,6 +25,9 @@ import StageKit
 let blasLine = BLASCorePolicy.apply()  // may re-execute with AVX-512 kernels and OpenBLAS's thread timeout
 
 struct Params: StageParameters {
+    static let rules: [String: ParameterRule] = [
+        "batch_size": .atLeast(1), "limit": .nonNegative, "samples": .nonNegative, "scales": .between(0.1, 8),
+    ]
     /// Dataset split to extract from ("train" for pseudo labels, "val" for evaluation).
     var split = "train"
     /// Use the checkpoint's EMA weights (an error when it has none).
@@ -73,6 +76,9 @@ StageMain.run(spec, parameters: Params.self) { ctx in
     let extractor: AttentionExtractor
     do { extractor = try AttentionExtractor(model: model, normalization: checkpoint.normalization, options: options) } catch let error as EngineError { throw StageError(error.description) }
     let config = model.config
+    let largest = p.scales.map { extractor.inputSize(scale: $0) }.max() ?? config.imageSize
+    try MemoryBudget.check(bytes: config.activationBytes(batch: p.batchSize, imageSide: largest), parameter: largest > config.imageSize ? "scales" : "batch_size",
+                           what: "batches of \(p.batchSize) images at \(largest) px with every layer's attention kept")
     let g = extractor.grid, n = g * g
     let count = p.limit > 0 ? min(p.limit, split.count) : split.count
 

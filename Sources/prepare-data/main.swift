@@ -16,6 +16,13 @@ enum Source: String, ParameterChoice {
 }
 
 struct Params: StageParameters {
+    static let rules: [String: ParameterRule] = [
+        "image_size": .between(8, 4096), "train_count": .atLeast(1), "val_count": .atLeast(1), "seed": .nonNegative,
+        "classes_min": .atLeast(1), "classes_max": .atLeast(1), "objects_min": .atLeast(1), "objects_max": .atLeast(1),
+        "object_min_fraction": .fraction, "object_max_fraction": .fraction, "object_shade_floor": .probability,
+        "background_noise": .nonNegative, "max_blobs": .nonNegative, "min_visible_pixels": .nonNegative,
+        "compression_level": .between(0, 22), "contact_sheet_samples": .nonNegative,
+    ]
     var source = Source.fashionScenes
     var fashionMNISTDir = ObjectSource.defaultFashionMNISTDirectory
     var idxTrainImages = ""

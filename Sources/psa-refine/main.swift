@@ -15,6 +15,12 @@ let blasLine = BLASCorePolicy.apply()  // may re-execute with AVX-512 kernels an
 enum Walk: String, ParameterChoice { case iterated, squaring }
 
 struct Params: StageParameters {
+    static let rules: [String: ParameterRule] = [
+        "seed": .nonNegative, "alpha_low": .positive, "alpha_high": .positive, "alpha_walk": .positive,
+        "constant_background": .probability, "constant_foreground": .probability, "epochs": .atLeast(1),
+        "batch_size": .atLeast(1), "lr": .positive, "weight_decay": .nonNegative, "feature_dim": .atLeast(1),
+        "hidden": .atLeast(1), "radius": .atLeast(1), "beta": .positive, "logt": .nonNegative, "samples": .nonNegative,
+    ]
     var seed = 0
     /// power: background (1 - max M)^alpha_low / ^alpha_high (PSA); constant: fixed scores.
     var backgroundMode = BackgroundMode.power

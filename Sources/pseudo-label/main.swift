@@ -6,6 +6,11 @@ import Localization
 import StageKit
 
 struct Params: StageParameters {
+    static let rules: [String: ParameterRule] = [
+        "high_background": .probability, "low_background": .probability, "downscale": .atLeast(1),
+        "par_dilations": .atLeast(1), "par_iterations": .nonNegative, "par_w1": .nonNegative, "par_w2": .nonNegative,
+        "samples": .nonNegative,
+    ]
     var highBackground: Float = 0.55
     var lowBackground: Float = 0.35
     /// Resolution divisor at which PAR runs (the references halve).

@@ -22,6 +22,7 @@ enum Supervision: String, ParameterChoice {
 }
 
 struct Params: StageParameters {
+    static let rules = SegmentationParameters.rules
     /// The network, its optimisation, augmentation and val predictions (as single-stage-train's).
     var common = SegmentationParameters()
     var supervision = Supervision.labels
@@ -93,6 +94,7 @@ StageMain.run(spec, parameters: Params.self) { ctx in
         initPath: ctx.optionalInput("init"), stemPath: ctx.optionalInput("stem_weights"), vitWeightsPath: ctx.optionalInput("vit_weights"),
         fresh: p.freshBackbone,
         dataset: dataset, maskToken: false, seed: UInt64(p.seed), log: { ctx.log.warning("\($0)") })
+    try p.checkMemory(backbone: backbone.config)
     let size = backbone.config.imageSize
     let (network, decoderConfig) = try p.network(backbone: backbone, classes: dataset.numClasses)
     let settings = p.optimizer(totalSteps: (trainImages.count + p.batchSize - 1) / p.batchSize * p.epochs)

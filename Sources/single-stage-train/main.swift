@@ -25,6 +25,16 @@ enum Method: String, ParameterChoice {
 
 /// single-stage-train's own parameters, next to the shared SegmentationParameters.
 struct SingleStageParameters: Codable {
+    static let rules: [String: ParameterRule] = [
+        "seg_weight": .nonNegative, "seg_warmup_epochs": .nonNegative, "high_background": .probability,
+        "low_background": .probability, "par_iterations": .nonNegative, "fsr_class_weight": .nonNegative,
+        "fsr_patch_weight": .nonNegative, "mask_ratio": .probability, "uncertain_low": .probability,
+        "uncertain_high": .probability, "mask_block": .atLeast(1), "random_mask_fraction": .probability,
+        "teacher_momentum": .probability, "teacher_temp_warmup": .positive, "teacher_temp": .positive,
+        "teacher_temp_warmup_fraction": .probability, "student_temp": .positive, "centre_momentum": .probability,
+        "aggregation_blocks": .atLeast(1), "projector_hidden": .atLeast(1), "projector_bottleneck": .atLeast(1),
+        "projector_out_dim": .atLeast(1),
+    ]
     var method = Method.baseline
     /// Segmentation loss weight and the epochs of classification only before it.
     var segWeight = 0.1
@@ -67,6 +77,7 @@ struct SingleStageParameters: Codable {
 }
 
 struct Params: StageParameters {
+    static let rules = SegmentationParameters.rules.merging(SingleStageParameters.rules) { first, _ in first }
     /// The network, its optimisation, augmentation and val predictions (as seg-train's).
     var common = SegmentationParameters()
     var own = SingleStageParameters()
@@ -110,6 +121,7 @@ StageMain.run(spec, parameters: Params.self) { ctx in
         initPath: ctx.optionalInput("init"), stemPath: ctx.optionalInput("stem_weights"), vitWeightsPath: ctx.optionalInput("vit_weights"),
         fresh: p.freshBackbone,
         dataset: dataset, maskToken: s.method == .fsr, seed: UInt64(p.seed), log: { ctx.log.warning("\($0)") })
+    try p.checkMemory(backbone: backbone.config)
     let size = backbone.config.imageSize
     let (network, decoderConfig) = try p.network(backbone: backbone, classes: dataset.numClasses)
 

@@ -22,6 +22,7 @@ struct Params: StageParameters {
     var wait_for = ""
     var wait_ms = 60_000
     init() {}
+    static let rules: [String: ParameterRule] = ["payload_bytes": .nonNegative, "sleep_ms": .nonNegative, "wait_ms": .nonNegative]
 }
 
 let spec = StageSpec(

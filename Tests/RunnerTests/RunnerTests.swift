@@ -527,14 +527,15 @@ final class RunnerTests: XCTestCase {
     }
 
     /// Problems of the file (a key, a cycle) and of its stages against their executables (an
-    /// unknown parameter, a missing input file) are all reported by the first run, not in rounds.
+    /// unknown parameter, a fraction for a whole number, a value out of its declared range, a
+    /// missing input file) are all reported by the first run, not in rounds.
     func testEveryPipelineProblemIsReportedInOnePass() throws {
         try ws.write("""
         name: bad
         stages:
           - name: a
             run: wsss-test-stage
-            params: {factor: 2, colour: red}
+            params: {factor: 2, colour: red, sleep_ms: 2.5, wait_ms: -1}
             inputs: {a: data/missing.txt}
             outputs: {out: A/a.txt, metrics: A/a.json}
           - name: b
@@ -558,6 +559,8 @@ final class RunnerTests: XCTestCase {
             "Pipelines/bad.yaml:14:17: error: cycle between stages: b -> c -> b",
             "Pipelines/bad.yaml:18:5: error: unknown key 'param' in a stage (allowed: name, run, description, inputs, params, outputs)",
             "Pipelines/bad.yaml:5:25: error: stage 'a': wsss-test-stage has no parameter 'colour' (its parameters: \(try testStageParameters()))",
+            "Pipelines/bad.yaml:5:38: error: stage 'a': parameter 'sleep_ms' must be a whole number, got 2.5",
+            "Pipelines/bad.yaml:5:53: error: stage 'a': parameter 'wait_ms' must be >= 0, got -1",
             "Pipelines/bad.yaml:6:17: error: stage 'a': input 'a': no such file or folder: data/missing.txt",
         ])
         XCTAssertEqual(ws.started(), [])

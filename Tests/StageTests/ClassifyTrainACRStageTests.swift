@@ -65,7 +65,7 @@ final class ClassifyTrainACRStageTests: XCTestCase {
     func testBadObjectiveParametersAndObjectiveChangeOnResumeAreRefused() throws {
         let dataset = try StageHarness.tinyDataset(in: folder)
         for (params, needle) in [(["method=seam"], "'seam' is not one of baseline, acr, areaM"), (["method=acr", "acr_view=rot45"], "parameter 'acr_view' is invalid: 'rot45' is not one of"),
-                                 (["method=acr", "acr_alpha=-1"], "acr_alpha and acr_beta")] {
+                                 (["method=acr", "acr_alpha=-1"], "parameter 'acr_alpha' must be >= 0, got -1")] {
             let result = try train(dataset, "bad.h5", params)
             XCTAssertNotEqual(result.status, 0)
             XCTAssertTrue(result.stderr.contains(needle), result.stderr)
