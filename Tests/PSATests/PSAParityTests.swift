@@ -52,14 +52,7 @@ final class PSAParityTests: XCTestCase {
         head.backward(acts, dOut: dF)
         let grads = try root.group("grads")
         for p in head.parameters {
-            let expected = try grads.read(p.name, as: Double.self).values
-            if p.name == "b2" {
-                // Affinities see only differences f_i - f_j: the last bias cancels (rounding only).
-                XCTAssertLessThan(expected.map(abs).max()!, 1e-12)
-                XCTAssertLessThan(maxAbs(p.grad), 1e-6)
-            } else {
-                assertRelativelyClose(p.grad.data, expected, 1e-4, "gradient of \(p.name)")
-            }
+            assertHeadGradient(p.name, p.grad, try grads.read(p.name, as: Double.self).values)
         }
     }
 
@@ -114,21 +107,26 @@ final class PSAStepParityTests: XCTestCase {
             let expected = try scalar(name)
             XCTAssertEqual(ours, expected, accuracy: 1e-5 * abs(expected), name)
         }
-        // Gradients (left in place): 1e-4 relative to each tensor's largest entry, except b2's, which
-        // cancels (affinities see only differences). Updated weights: 1e-6 absolute
+        // Gradients (left in place) as assertHeadGradient. Updated weights: 1e-6 absolute
         // (assertUpdatedWeightsClose; b2 falls under its |g| < 1e-6 bound), against a step of about
         // lr = 1e-3 per weight.
         let grads = try root.group("grads"), updated = try root.group("updated")
         for p in head.parameters {
             let expected = try grads.read(p.name, as: Double.self).values
-            if p.name == "b2" {
-                XCTAssertLessThan(expected.map(abs).max()!, 1e-12)
-                XCTAssertLessThan(maxAbs(p.grad), 1e-6)
-            } else {
-                assertRelativelyClose(p.grad.data, expected, 1e-4, "gradient of \(p.name)")
-            }
+            assertHeadGradient(p.name, p.grad, expected)
             assertUpdatedWeightsClose(p.value.data, try updated.read(p.name, as: Double.self).values, gradients: expected, lr: lr, p.name)
         }
+    }
+}
+
+/// A head gradient within 1e-4 relative to its largest entry; b2's is zero (rounding only):
+/// affinities see only differences f_i - f_j, so the last bias cancels.
+private func assertHeadGradient(_ name: String, _ grad: Tensor, _ expected: [Double], file: StaticString = #filePath, line: UInt = #line) {
+    if name == "b2" {
+        XCTAssertLessThan(expected.map(abs).max()!, 1e-12, file: file, line: line)
+        XCTAssertLessThan(maxAbs(grad), 1e-6, file: file, line: line)
+    } else {
+        assertRelativelyClose(grad.data, expected, 1e-4, "gradient of \(name)", file: file, line: line)
     }
 }
 
