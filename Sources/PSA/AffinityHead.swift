@@ -147,4 +147,22 @@ extension AffinityHeadOf where S == Float {
         let list = parameters
         optimizer.step(values: list.map(\.value.data), gradients: list.map { UnsafePointer($0.grad.data) }, lr: lr)
     }
+
+    /// One training step of psa-refine: forward of a batch's frozen features [rows, D], the affinity
+    /// loss on `pairs` (row indices into the batch), backward, one `optimizer` step. Throws when the
+    /// loss is NaN or infinite, before any update (the gradients are then partial, the weights as
+    /// they were). The gradients stay in place.
+    @discardableResult
+    public func trainStep(features: Tensor, pairs: AffinityPairs, optimizer: AdamW) throws -> AffinityLoss.Parts {
+        zeroGrad()
+        let acts = forward(features)
+        let gradient = Tensor(shape: acts.output.shape)
+        let parts = AffinityLoss.compute(features: acts.output, pairs: pairs, gradient: gradient)
+        guard parts.total.isFinite else {
+            throw TrainingError("affinity loss is \(parts.total) (bg+ \(parts.backgroundPositive), fg+ \(parts.foregroundPositive), neg \(parts.negative))")
+        }
+        backward(acts, dOut: gradient)
+        step(optimizer)
+        return parts
+    }
 }

@@ -161,15 +161,12 @@ StageMain.run(spec, parameters: Params.self) { ctx in
             }
             if epoch == 0 { pairCount += pairs.count }
             guard pairs.count > 0 else { training.advance(); continue }
-            head.zeroGrad()
-            let acts = head.forward(x)
-            let grad = Tensor(shape: acts.output.shape)
-            let parts = AffinityLoss.compute(features: acts.output, pairs: pairs, gradient: grad)
-            guard parts.total.isFinite else {
-                throw StageError("affinity loss is \(parts.total) at epoch \(epoch + 1), step \(b + 1) (bg+ \(parts.backgroundPositive), fg+ \(parts.foregroundPositive), neg \(parts.negative))")
+            let parts: AffinityLoss.Parts
+            do {
+                parts = try head.trainStep(features: x, pairs: pairs, optimizer: optimizer)
+            } catch let error as TrainingError {
+                throw StageError("\(error) at epoch \(epoch + 1), step \(b + 1)")
             }
-            head.backward(acts, dOut: grad)
-            head.step(optimizer)
             lastParts = parts
             epochLoss += parts.total
             epochBatches += 1

@@ -104,16 +104,21 @@ def localisation(model, images):
     return out
 
 
-def main():
-    out = sys.argv[1] if len(sys.argv) > 1 else os.path.join(
-        os.path.dirname(os.path.abspath(__file__)), "..", "MethodsTests", "Fixtures", "acr_parity.h5")
+def make_model_and_inputs():
+    """The fixture's model, pixels (uint8), normalised images and multi-hot labels."""
     gen = torch.Generator().manual_seed(SEED)
     model = ViT(IMAGE, PATCH, DIM, DEPTH, HEADS, MLP, CLASSES)
     randomise(model, gen)
     pixels = torch.randint(0, 256, (len(LABELS), IMAGE, IMAGE, 3), generator=gen, dtype=torch.uint8)
     images = (pixels.double() / 255 - torch.tensor(MEAN)) / torch.tensor(STD)
     images = images.float().double()
-    labels = torch.tensor(LABELS, dtype=torch.float64)
+    return model, pixels, images, torch.tensor(LABELS, dtype=torch.float64)
+
+
+def main():
+    out = sys.argv[1] if len(sys.argv) > 1 else os.path.join(
+        os.path.dirname(os.path.abspath(__file__)), "..", "MethodsTests", "Fixtures", "acr_parity.h5")
+    model, pixels, images, labels = make_model_and_inputs()
     with h5py.File(out, "w") as f:
         cfg = f.create_group("config")
         for key, value in dict(image_size=IMAGE, patch_size=PATCH, dim=DIM, depth=DEPTH, heads=HEADS, mlp_ratio=MLP,

@@ -164,9 +164,8 @@ def released_code_affinity_loss(logits, pairs):
     return 0.5 * (positive * (1 - a)).sum() / (positive.sum() + 1) + 0.5 * (negative * a).sum() / (negative.sum() + 1)
 
 
-def main():
-    out = sys.argv[1] if len(sys.argv) > 1 else os.path.join(
-        os.path.dirname(os.path.abspath(__file__)), "..", "MethodsTests", "Fixtures", "aream_parity.h5")
+def make_model_and_images():
+    """The fixture's model (CAM head pointed at the rectangles) and images."""
     gen = torch.Generator().manual_seed(SEED)
     model = ViT(IMAGE, PATCH, DIM, DEPTH, HEADS, MLP, CLASSES)
     randomise(model, gen)
@@ -176,7 +175,13 @@ def main():
     with torch.no_grad():
         _, _, kept = model(images)
         point_cam_head_at_regions(model, kept["norm"][:, 1:])
-    _, _, kept = model(images)
+    return model, images
+
+
+def objective(model, images):
+    """One forward and the term (eq. 16, before TERM_WEIGHT) with what the fixture stores; also the
+    forward's CAM and class-token logits (make_aream_step_fixtures.py adds the classification losses)."""
+    cam_logits, cls_logits, kept = model(images)
     logits = [block.attn.kept["logits"] for block in model.blocks]
     probs = [block.attn.kept["probs"].detach() for block in model.blocks]
     tokens, fusion, loss_weights, margin, cams, attention = labels_for_batch(kept["patch_scores"].detach(), probs, images)
@@ -185,6 +190,17 @@ def main():
     layer_losses = [affinity_loss(logits[l], pairs) for l in LAYERS]
     term = sum(loss_weights[l] * loss for l, loss in zip(LAYERS, layer_losses)) / len(LAYERS)
     released = sum(loss_weights[l] * released_code_affinity_loss(logits[l], pairs) for l in LAYERS) / len(LAYERS)
+    return dict(cam_logits=cam_logits, cls_logits=cls_logits, kept=kept, tokens=tokens, fusion=fusion, loss_weights=loss_weights,
+                margin=margin, attention=attention, pairs=pairs, layer_losses=layer_losses, term=term, released=released)
+
+
+def main():
+    out = sys.argv[1] if len(sys.argv) > 1 else os.path.join(
+        os.path.dirname(os.path.abspath(__file__)), "..", "MethodsTests", "Fixtures", "aream_parity.h5")
+    model, images = make_model_and_images()
+    o = objective(model, images)
+    kept, tokens, fusion, loss_weights, margin = o["kept"], o["tokens"], o["fusion"], o["loss_weights"], o["margin"]
+    attention, pairs, layer_losses, term, released = o["attention"], o["pairs"], o["layer_losses"], o["term"], o["released"]
     model.zero_grad()
     (TERM_WEIGHT * term).backward()
 

@@ -134,12 +134,8 @@ final class FSRStepParityTests: XCTestCase {
             } else {
                 assertRelativelyClose(grad.data, expectedGrad, 1e-3, "gradient of \(name)", file: file, line: line)
             }
-            let expectedValue = try updated.read(name, as: Double.self).values
-            for i in 0..<expectedValue.count {
-                // Where |g| < 100 eps, the first step's g / (|g| + eps) is ill-conditioned in g.
-                let tolerance = abs(expectedGrad[i]) < 1e-6 ? 2 * settings.optimizer.lr : 1e-6
-                XCTAssertEqual(Double(value.data[i]), expectedValue[i], accuracy: tolerance, "updated \(name)[\(i)]", file: file, line: line)
-            }
+            assertUpdatedWeightsClose(value.data, try updated.read(name, as: Double.self).values, gradients: expectedGrad,
+                                      lr: settings.optimizer.lr, name, file: file, line: line)
             if name.hasPrefix("decoder.") {
                 XCTAssertFalse(teacher.contains(name), name, file: file, line: line)
                 continue

@@ -38,14 +38,7 @@ final class PSAParityTests: XCTestCase {
         let labels = try root.read("input/labels", as: UInt8.self).values
         let pairs = AffinityPairs.extract(labels: labels, height: try int("height"), width: try int("width"), radius: try int("radius"))
         let x = try root.read("input/features", as: Float.self)
-        let weights = try root.group("weights")
-        let w1 = try weights.read("w1", as: Float.self), w2 = try weights.read("w2", as: Float.self)
-        let head = AffinityHead(inFeatures: w1.shape[1], hidden: w1.shape[0], outFeatures: w2.shape[0], seed: 0)
-        for p in head.parameters {
-            let values = try weights.read(p.name, as: Float.self).values
-            XCTAssertEqual(values.count, p.value.count, p.name)
-            for i in 0..<values.count { p.value.data[i] = values[i] }
-        }
+        let head = try fixtureHead(root)
         let acts = head.forward(Tensor(shape: x.shape, values: x.values))
         assertRelativelyClose(acts.output.data, try root.read("output/affinity_features", as: Double.self).values, 1e-5, "affinity features")
         let dF = Tensor(shape: acts.output.shape)
@@ -59,14 +52,7 @@ final class PSAParityTests: XCTestCase {
         head.backward(acts, dOut: dF)
         let grads = try root.group("grads")
         for p in head.parameters {
-            let expected = try grads.read(p.name, as: Double.self).values
-            if p.name == "b2" {
-                // Affinities see only differences f_i - f_j: the last bias cancels (rounding only).
-                XCTAssertLessThan(expected.map(abs).max()!, 1e-12)
-                XCTAssertLessThan(maxAbs(p.grad), 1e-6)
-            } else {
-                assertRelativelyClose(p.grad.data, expected, 1e-4, "gradient of \(p.name)")
-            }
+            assertHeadGradient(p.name, p.grad, try grads.read(p.name, as: Double.self).values)
         }
     }
 
@@ -90,6 +76,71 @@ final class PSAParityTests: XCTestCase {
             walked.withUnsafeBufferPointer { assertRelativelyClose($0.baseAddress!, expected, 1e-4, "walked maps") }
         }
     }
+}
+
+/// One step of psa-refine's training through the library (AffinityHead.trainStep, what the stage
+/// runs for every batch) against PyTorch (Fixtures/psa_step.h5, written by
+/// Tests/Fixtures/make_psa_step_fixtures.py with make_psa_fixtures.py's pairs, head and loss): a
+/// batch of two images' features (6 x 7 grids, the second one mirrored with its classes swapped),
+/// pairs per image at the image's row offset, the loss over the batch's pairs, backward, AdamW with
+/// the head's groups (decay 0.1 on the matrices only).
+final class PSAStepParityTests: XCTestCase {
+    func testTrainStepMatchesReference() throws {
+        let root = try openFixture("psa_step.h5")
+        let (h, w, radius) = (Int(try root.doubleAttributeOrInt("height")), Int(try root.doubleAttributeOrInt("width")),
+                              Int(try root.doubleAttributeOrInt("radius")))
+        let labels = try root.read("input/labels", as: UInt8.self)
+        var pairs = AffinityPairs()
+        for image in 0..<labels.shape[0] {  // as psa-refine assembles a batch
+            pairs.append(AffinityPairs.extract(labels: Array(labels.values[(image * h * w)..<((image + 1) * h * w)]), height: h, width: w,
+                                               radius: radius, base: image * h * w))
+        }
+        let x = try root.read("input/features", as: Float.self)
+        let head = try fixtureHead(root)
+        let lr = try root.doubleAttribute("lr")
+        let optimizer = head.makeOptimizer(lr: lr, weightDecay: try root.doubleAttribute("weight_decay"))
+        let parts = try head.trainStep(features: Tensor(shape: x.shape, values: x.values), pairs: pairs, optimizer: optimizer)
+        // Loss parts: 1e-5 relative (float32 sums over a few hundred pairs).
+        func scalar(_ name: String) throws -> Double { try root.read("loss/\(name)", as: Double.self).values[0] }
+        for (ours, name) in [(parts.backgroundPositive, "background_positive"), (parts.foregroundPositive, "foreground_positive"),
+                             (parts.negative, "negative"), (parts.total, "total")] {
+            let expected = try scalar(name)
+            XCTAssertEqual(ours, expected, accuracy: 1e-5 * abs(expected), name)
+        }
+        // Gradients (left in place) as assertHeadGradient. Updated weights: 1e-6 absolute
+        // (assertUpdatedWeightsClose; b2 falls under its |g| < 1e-6 bound), against a step of about
+        // lr = 1e-3 per weight.
+        let grads = try root.group("grads"), updated = try root.group("updated")
+        for p in head.parameters {
+            let expected = try grads.read(p.name, as: Double.self).values
+            assertHeadGradient(p.name, p.grad, expected)
+            assertUpdatedWeightsClose(p.value.data, try updated.read(p.name, as: Double.self).values, gradients: expected, lr: lr, p.name)
+        }
+    }
+}
+
+/// A head gradient within 1e-4 relative to its largest entry; b2's is zero (rounding only):
+/// affinities see only differences f_i - f_j, so the last bias cancels.
+private func assertHeadGradient(_ name: String, _ grad: Tensor, _ expected: [Double], file: StaticString = #filePath, line: UInt = #line) {
+    if name == "b2" {
+        XCTAssertLessThan(expected.map(abs).max()!, 1e-12, file: file, line: line)
+        XCTAssertLessThan(maxAbs(grad), 1e-6, file: file, line: line)
+    } else {
+        assertRelativelyClose(grad.data, expected, 1e-4, "gradient of \(name)", file: file, line: line)
+    }
+}
+
+/// An affinity head with a fixture's `weights` group.
+private func fixtureHead(_ root: HDF5Group) throws -> AffinityHead {
+    let weights = try root.group("weights")
+    let w1 = try weights.read("w1", as: Float.self), w2 = try weights.read("w2", as: Float.self)
+    let head = AffinityHead(inFeatures: w1.shape[1], hidden: w1.shape[0], outFeatures: w2.shape[0], seed: 0)
+    for p in head.parameters {
+        let values = try weights.read(p.name, as: Float.self).values
+        XCTAssertEqual(values.count, p.value.count, p.name)
+        for i in 0..<values.count { p.value.data[i] = values[i] }
+    }
+    return head
 }
 
 private extension HDF5Group {

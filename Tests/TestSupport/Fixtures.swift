@@ -40,3 +40,23 @@ public func assertRelativelyClose<S: EngineScalar>(_ ours: UnsafePointer<S>, _ r
     let error = scale > 0 ? worst / scale : worst
     XCTAssertLessThan(error, tolerance, "\(what): relative error \(error)", file: file, line: line)
 }
+
+/// Weights after one AdamW step against the reference's `reference`, given the reference's
+/// gradients: within 1e-6 absolute where |g| >= 1e-6. AdamW's first step moves a weight by about
+/// lr * g / (|g| + eps), i.e. lr * sign(g) unless |g| is near eps; where |g| < 1e-6 that is
+/// ill-conditioned in g (float32 rounding of a gradient that cancels decides it), so there only
+/// 2 * `lr` (the largest learning rate of the step's groups) is asked. Returns the largest error
+/// over the well-conditioned entries.
+@discardableResult
+public func assertUpdatedWeightsClose(_ ours: UnsafePointer<Float>, _ reference: [Double], gradients: [Double], lr: Double, _ what: String,
+                                      file: StaticString = #filePath, line: UInt = #line) -> Double {
+    precondition(reference.count == gradients.count)
+    var worst = 0.0, worstIll = 0.0
+    for i in 0..<reference.count {
+        let error = abs(Double(ours[i]) - reference[i])
+        if abs(gradients[i]) < 1e-6 { worstIll = max(worstIll, error) } else { worst = max(worst, error) }
+    }
+    XCTAssertLessThan(worst, 1e-6, "updated \(what): absolute error \(worst)", file: file, line: line)
+    XCTAssertLessThanOrEqual(worstIll, 2 * lr, "updated \(what) where |g| < 1e-6: absolute error \(worstIll)", file: file, line: line)
+    return worst
+}
