@@ -80,6 +80,11 @@ public final class Checkpoint {
         var result: [String: (shape: [Int], values: [Float])] = [:]
         for name in try group.childNames() where keep(name) {
             let array = try group.read(name, as: Float.self)
+            // Every consumer (inference, init, resume) loads through here, so a diverged training's
+            // weights are refused the same way by all of them.
+            if let bad = array.values.first(where: { !$0.isFinite }) {
+                throw StoreError(path: path, "weight '\(groupName)/\(name)' holds a non-finite value (\(bad.isNaN ? "nan" : "\(bad)")): the training that wrote it diverged")
+            }
             result[name] = (array.shape, array.values)
         }
         return result

@@ -182,18 +182,22 @@ final class ExtractAttentionStageTests: XCTestCase {
         for name in ["cams.h5", "attention.h5", "samples.png"] { XCTAssertFalse(FileManager.default.fileExists(atPath: path(name)), name) }
     }
 
-    func testNaNInAMapIsAnErrorNamingTheImage() throws {
+    /// A checkpoint with a non-finite weight is refused when loaded, as every stage that loads
+    /// checkpoints refuses it (Checkpoint.tensors), before any map is computed.
+    func testNonFiniteWeightIsRefusedWhenLoaded() throws {
         let dataset = try StageHarness.tinyDataset(in: folder)
         let reader = try DatasetReader(path: dataset)
         _ = try writeCheckpoint(classNames: reader.classNames, to: path("ckpt.h5"), poisonCAMHead: true)
         let result = try run(dataset, path("ckpt.h5"), ["split=val"])
         XCTAssertEqual(result.status, 1)
-        // The NaN weight belongs to class 1's CAM; through the backward (0 * NaN) it also reaches
-        // every gradient map, so the first image fails either way.
-        let what = try reader.split("val").labels(0)[0] != 0 ? "CAM" : "gradient map"
-        let id = try reader.split("val").id(0)
-        XCTAssertEqual(result.stderr, "error: extract-attention: the classifier of \(path("ckpt.h5")) produced nan in the \(what) of image 0 ('\(id)') of \(dataset)\n")
+        XCTAssertEqual(result.stderr, "error: extract-attention: \(path("ckpt.h5")): weight 'weights/cam_head.weight' holds a non-finite value (nan): the training that wrote it diverged\n")
         for name in ["cams.h5", "attention.h5", "samples.png"] { XCTAssertFalse(FileManager.default.fileExists(atPath: path(name)), name) }
+        // The same file as the starting point of segmentation training: the same refusal.
+        let seg = try StageHarness.run("seg-train", ["--in", "dataset=\(dataset)", "--in", "init=\(path("ckpt.h5"))", "--param", "supervision=ground_truth",
+            "--out", "checkpoint=\(path("s.h5"))", "--out", "predictions=\(path("p.h5"))", "--out", "samples=\(path("s.png"))"])
+        XCTAssertEqual(seg.status, 1)
+        XCTAssertTrue(seg.stderr.hasSuffix("\(path("ckpt.h5")): weight 'weights/cam_head.weight' holds a non-finite value (nan): the training that wrote it diverged\n"), seg.stderr)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: path("s.h5")))
     }
 
     func testBadParametersAreRefused() throws {
