@@ -496,7 +496,7 @@ final class RunnerTests: XCTestCase {
         let (status, out, err) = try ws.wsss(["run", "Pipelines/bad.yaml"])
         XCTAssertEqual(status, 2)
         XCTAssertEqual(out, "")
-        XCTAssertEqual(err, "Pipelines/bad.yaml:5:5: error: unknown key 'param' in a stage (allowed: name, run, description, inputs, params, outputs)\n")
+        XCTAssertEqual(err, "Pipelines/bad.yaml:5:5: error: unknown key 'param' in a stage (allowed: name, run, description, inputs, params, outputs, shards)\n")
         XCTAssertEqual(ws.started(), [])
         XCTAssertNil(FileStamp.of(ws.path("A")))
     }
