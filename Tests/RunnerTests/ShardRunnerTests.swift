@@ -84,8 +84,9 @@ final class ShardRunnerTests: XCTestCase {
         XCTAssertEqual(ws.read("Artifacts/t/split.txt")?.components(separatedBy: "item ").count, 11)
     }
 
-    /// Another N reruns the shards and the merge, not what comes before; the merged bytes are the
-    /// same, so not what comes after either. Back to the old N: all cached.
+    /// Another N reruns the shards and the merge, not what comes before; the test stage's merged
+    /// `out` is the same bytes for any N, so not what comes after either (a real stage's merged
+    /// artifact lists its shards: its readers rerun). Back to the old N: all cached.
     func testChangingTheShardCountRerunsOnlyShardsAndMerge() throws {
         try ws.write(Self.pipeline(shards: 3), to: "Pipelines/p.yaml")
         XCTAssertTrue(try ws.run("Pipelines/p.yaml").succeeded)
@@ -127,5 +128,10 @@ final class ShardRunnerTests: XCTestCase {
                           && result.2.contains("got '\(bad)'"), result.2)
         }
         XCTAssertEqual(ws.started(), [])
+
+        // A shared parameter may give the count.
+        try ws.write(Self.pipeline(shards: nil).replacingOccurrences(of: "stages:\n", with: "params:\n  n: 2\nstages:\n")
+            .replacingOccurrences(of: "    params:\n      label: split\n", with: "    shards: ${n}\n    params:\n      label: split\n"), to: "Pipelines/p.yaml")
+        XCTAssertEqual(Set(try ws.status("Pipelines/p.yaml").keys), ["first", "split[0/2]", "split[1/2]", "split", "after"])
     }
 }
