@@ -53,6 +53,17 @@ public struct ThresholdSweep: Sendable {
         }
     }
 
+    /// Every count, [(thresholds.count + 1) x classCount x classCount]: what a shard stores so that
+    /// a merge can add the sweeps of disjoint images (`init(thresholds:classCount:counts:)`, `merge`).
+    public var rawCounts: [Int64] { counts }
+
+    /// A sweep from counts stored by `rawCounts`; nil when they do not fit the thresholds and classes.
+    public init?(thresholds: [Double], classCount: Int, counts: [Int64]) {
+        self.init(thresholds: thresholds, classCount: classCount)
+        guard counts.count == self.counts.count else { return nil }
+        self.counts = counts
+    }
+
     public mutating func merge(_ other: ThresholdSweep) {
         precondition(other.thresholds == thresholds && other.classCount == classCount)
         for i in counts.indices { counts[i] += other.counts[i] }

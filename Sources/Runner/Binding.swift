@@ -18,6 +18,8 @@ public struct StageDescription: Codable, Sendable {
     /// Which numeric parameters take whole numbers, and the declared ranges (absent from older stages).
     public var param_kinds: [String: ParameterKind]?
     public var param_rules: [String: ParameterRule]?
+    /// Whether `--shard I/N` and `--merge-shards N` work (absent from stages built before shards).
+    public var shardable: Bool?
 
     public struct Resources: Codable, Sendable {
         public var threads: Int
@@ -29,16 +31,41 @@ public struct StageDescription: Codable, Sendable {
     public var allInputs: [String] { inputs + (optional_inputs ?? []) }
 }
 
-/// A pipeline stage tied to its executable.
+/// What one job of a pipeline stage does: the whole stage, one shard of a `shards: N` stage, or
+/// the merge that joins its shards into the stage's declared outputs.
+public enum JobRole: Sendable, Equatable {
+    case whole
+    /// `--shard index/count`, writing its outputs beside the stage's (`Runner.shardPath`).
+    case shard(index: Int, count: Int)
+    /// `--merge-shards count`: reads the stage's inputs plus each shard's outputs as `--part OUTPUT.I`.
+    case merge(count: Int)
+
+    /// Part of the cache key (nil for a whole stage, so its keys are what they were before shards).
+    var keyMode: String? {
+        switch self {
+        case .whole: return nil
+        case .shard(let index, let count): return "shard \(index)/\(count)"
+        case .merge(let count): return "merge \(count)"
+        }
+    }
+}
+
+/// A pipeline stage tied to its executable: one job the runner schedules and caches.
 public struct BoundStage: Sendable {
-    public let decl: StageDecl
+    public internal(set) var decl: StageDecl
     public let executablePath: String
     public let executableHash: String
     public let description: StageDescription
     /// The stage's defaults with the pipeline's values over them: what the stage will run with.
     public let params: [String: JSONValue]
+    public var role: JobRole = .whole
+    /// The pipeline stage this job belongs to (its own name unless it is a shard).
+    public var stageName: String
 
+    /// The job's name: the stage's, or `stage[I/N]` for a shard (the merge keeps the stage's name,
+    /// as it writes the stage's outputs).
     public var name: String { decl.name }
+    public var isShard: Bool { if case .shard = role { return true } else { return false } }
 }
 
 /// A validated pipeline, ready to run in a workspace.
@@ -62,6 +89,22 @@ public struct BoundPipeline: Sendable {
 
     public var name: String { pipeline.name }
     public func stage(_ name: String) -> BoundStage? { positions[name].map { stages[$0] } }
+
+    /// The jobs of `name` and of every stage it reads from, directly or not.
+    public func withAncestors(_ name: String) -> Set<String> {
+        var result: Set<String> = []
+        var queue = stages.filter { $0.stageName == name }.map(\.name)
+        while let next = queue.popLast() {
+            guard result.insert(next).inserted, let stage = stage(next) else { continue }
+            queue += stage.decl.upstream
+        }
+        return result
+    }
+
+    /// The jobs of the pipeline stages named in `names` (a sharded stage: its shards and merge).
+    public func jobs(of names: Set<String>) -> Set<String> {
+        Set(stages.filter { names.contains($0.stageName) }.map(\.name))
+    }
 }
 
 extension Runner {
@@ -131,12 +174,49 @@ extension Runner {
                 }
                 params[key] = value
             }
+            if let count = stage.shards, description.shardable != true {
+                errors.append(PipelineError(stage.shardsLocation ?? stage.location,
+                    "\(label): 'shards: \(count)', but \(stage.run) does not split into shards (per-image stages do: its --describe says \"shardable\": true)"))
+            }
             if errors.count == before {
-                bound.append(BoundStage(decl: stage, executablePath: executable, executableHash: hash, description: description, params: params))
+                let whole = BoundStage(decl: stage, executablePath: executable, executableHash: hash, description: description, params: params, stageName: stage.name)
+                bound += stage.shards.map { Self.shardJobs(whole, count: $0) } ?? [whole]
             }
         }
         if !errors.isEmpty { throw PipelineErrors(errors) }
         return BoundPipeline(pipeline: pipeline, file: absolute, displayFile: shown, stages: bound)
+    }
+
+    /// A `shards: N` stage as N shard jobs (`stage[I/N]`, each writing its outputs at `shardPath`)
+    /// and the merge, named as the stage, which reads the stage's inputs and every shard's outputs
+    /// (input `OUTPUT.I`) and writes the stage's outputs.
+    static func shardJobs(_ whole: BoundStage, count: Int) -> [BoundStage] {
+        let decl = whole.decl
+        var jobs: [BoundStage] = []
+        var partInputs: [InputDecl] = []
+        for index in 0..<count {
+            let name = "\(decl.name)[\(index)/\(count)]"
+            let outputs = decl.outputs.map { OutputDecl(name: $0.name, path: shardPath($0.path, index: index, count: count), location: $0.location) }
+            var shard = whole
+            shard.decl = StageDecl(name: name, run: decl.run, description: decl.description, inputs: decl.inputs, params: decl.params,
+                                   paramLocations: decl.paramLocations, outputs: outputs, location: decl.location, runLocation: decl.runLocation)
+            shard.role = .shard(index: index, count: count)
+            jobs.append(shard)
+            partInputs += decl.outputs.map { InputDecl(name: "\($0.name).\(index)", source: .stage(name, output: $0.name), location: $0.location) }
+        }
+        var merge = whole
+        merge.decl.inputs = decl.inputs + partInputs
+        merge.role = .merge(count: count)
+        return jobs + [merge]
+    }
+
+    /// Where shard I of N of a stage writes the output the stage writes at `path`:
+    /// `dir/name.shard-I-of-N.ext`.
+    public static func shardPath(_ path: String, index: Int, count: Int) -> String {
+        let folder = (path as NSString).deletingLastPathComponent, file = (path as NSString).lastPathComponent
+        let ext = (file as NSString).pathExtension, stem = (file as NSString).deletingPathExtension
+        let name = "\(stem).shard-\(index)-of-\(count)" + (ext.isEmpty ? "" : "." + ext)
+        return folder.isEmpty ? name : folder + "/" + name
     }
 
     static func list(_ names: [String]) -> String { names.isEmpty ? "nothing" : names.joined(separator: ", ") }

@@ -81,7 +81,7 @@ extension Runner {
         for (index, pipeline) in pipelines.enumerated() {
             let states = Dictionary(uniqueKeysWithValues: try status(pipeline).map { ($0.name, $0) })
             let records = self.records(for: pipeline)
-            for stage in pipeline.stages {
+            for stage in pipeline.stages where !stage.isShard {  // a sharded stage's merge speaks for it
                 for (key, value) in stage.params { paramValues["\(stage.name).\(key)", default: [:]][index] = value }
                 guard Self.reportsMetrics(stage) else { continue }
                 // Read stored objects, not workspace paths (another pipeline may have written the

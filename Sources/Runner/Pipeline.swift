@@ -77,6 +77,9 @@ public struct StageDecl: Sendable {
     public let outputs: [OutputDecl]
     public let location: SourceLocation
     public let runLocation: SourceLocation
+    /// `shards: N`: run as N shard jobs and a merge (the stage must be shardable); nil: one job.
+    public var shards: Int? = nil
+    public var shardsLocation: SourceLocation? = nil
 
     /// Names of the stages this one reads from.
     public var upstream: Set<String> {
@@ -126,7 +129,7 @@ public struct Pipeline: Sendable {
 /// when the pipeline is bound to a workspace (`PipelineBinder`).
 public enum PipelineParser {
     static let topKeys = ["name", "description", "params", "stages", "summary"]
-    static let stageKeys = ["name", "run", "description", "inputs", "params", "outputs"]
+    static let stageKeys = ["name", "run", "description", "inputs", "params", "outputs", "shards"]
     static let identifier = try! NSRegularExpression(pattern: "^[A-Za-z_][A-Za-z0-9_-]*$")
     static let reference = try! NSRegularExpression(pattern: "^([A-Za-z_][A-Za-z0-9_-]*)\\.([A-Za-z_][A-Za-z0-9_-]*)$")
     static let sharedReference = try! NSRegularExpression(pattern: "\\$\\$|\\$\\{([A-Za-z_][A-Za-z0-9_-]*)\\}|\\$([A-Za-z_][A-Za-z0-9_]*)")
@@ -178,6 +181,12 @@ public enum PipelineParser {
         let pipeline = parser.pipeline(root, overrides: overrides)
         if pipeline == nil, parser.errors.isEmpty { throw PipelineErrors([PipelineError(SourceLocation(file: file), "pipeline file holds no pipeline")]) }
         return (pipeline, parser.errors)
+    }
+
+    /// A node as written, for messages.
+    static func scalarText(_ node: Node) -> String {
+        if case .scalar(let scalar) = node { return scalar.string }
+        return (try? Yams.serialize(node: node).trimmingCharacters(in: .whitespacesAndNewlines)) ?? "?"
     }
 
     static func matches(_ regex: NSRegularExpression, _ text: String) -> [String]? {
@@ -610,9 +619,25 @@ private struct Parsing {
             ok = false
         }
 
+        var shards: Int?
+        var shardsLocation: SourceLocation?
+        if let field = fields["shards"] {
+            shardsLocation = location(field.value)
+            if let value = jsonValue(field.value, what: "'shards' of \(label)"),
+               case .int(let count) = substitute(value, shared: shared, at: location(field.value), what: "'shards' of \(label)") ?? .null, count >= 1 {
+                shards = count
+            } else {
+                fail(field.value, "'shards' of \(label) must be a whole number >= 1 (the number of shard jobs), got '\(PipelineParser.scalarText(field.value))'")
+                ok = false
+            }
+        }
+
         guard ok else { return nil }
-        return StageDecl(name: name, run: run, description: description, inputs: inputs, params: params,
-                         paramLocations: paramLocations, outputs: outputs, location: location(nameField.value), runLocation: runLocation)
+        var stage = StageDecl(name: name, run: run, description: description, inputs: inputs, params: params,
+                              paramLocations: paramLocations, outputs: outputs, location: location(nameField.value), runLocation: runLocation)
+        stage.shards = shards
+        stage.shardsLocation = shardsLocation
+        return stage
     }
 
     /// Dependency order, keeping file order where possible; reports cycles. Linear in the number

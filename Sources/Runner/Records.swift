@@ -54,6 +54,8 @@ public struct StageRecord: Codable, Sendable {
     public var outputs: [String: Output]
     public var updatedAt: String
     public var updatedAtNs: Int64
+    /// "shard I/N" or "merge N" for the jobs of a sharded stage; absent for a whole stage.
+    public var mode: String? = nil
 }
 
 public struct PipelineRecords: Codable, Sendable {
@@ -70,15 +72,19 @@ public struct KeyParts: Sendable {
     public var params: [String: JSONValue]
     public var inputs: [String: String]
     public var outputNames: [String]
+    /// A sharded stage's job: "shard I/N" or "merge N" (nil, and not in the key, for a whole stage).
+    public var mode: String? = nil
 
     public var key: String {
-        let object: JSONValue = .object([
+        var members: [String: JSONValue] = [
             "v": .int(1),
             "executable": .string(executable),
             "params": .object(params),
             "inputs": .object(inputs.mapValues { .string($0) }),
             "outputs": .array(outputNames.sorted().map { .string($0) }),
-        ])
+        ]
+        if let mode { members["mode"] = .string(mode) }
+        let object: JSONValue = .object(members)
         return SHA256.hash(data: Data(object.canonical.utf8)).map { String(format: "%02x", $0) }.joined()
     }
 }

@@ -134,7 +134,8 @@ public final class Runner: @unchecked Sendable {
             reasons += differences(stage, executable: stage.executableHash, params: stage.params, inputs: inputs, skipping: Set(pending.keys), baseline: baseline)
             return Evaluation(parts: nil, entry: nil, upToDate: false, reasons: reasons)
         }
-        let parts = KeyParts(executable: stage.executableHash, params: stage.params, inputs: inputs, outputNames: stage.decl.outputs.map(\.name))
+        let parts = KeyParts(executable: stage.executableHash, params: stage.params, inputs: inputs, outputNames: stage.decl.outputs.map(\.name),
+                             mode: stage.role.keyMode)
         let key = parts.key
         if let entry = JSONDecoder.decodeFile(CacheEntry.self, at: workspace.entryPath(key)) {
             if let problem = verify(entry) {
@@ -159,6 +160,9 @@ public final class Runner: @unchecked Sendable {
                      skipping: Set<String>, baseline: StageRecord?) -> [String] {
         guard let baseline else { return ["never run: no earlier run of this stage is recorded"] }
         var reasons: [String] = []
+        if baseline.mode != stage.role.keyMode {
+            reasons.append("sharding changed: \(baseline.mode ?? "unsharded") -> \(stage.role.keyMode ?? "unsharded")")
+        }
         if baseline.executable != executable {
             reasons.append("code changed: \(stage.decl.run) is a different executable than last run (\(shortHash(baseline.executable)) -> \(shortHash(executable)))")
         }
@@ -264,7 +268,7 @@ public final class Runner: @unchecked Sendable {
             executable: parts.executable, executablePath: stage.executablePath, params: parts.params,
             inputs: Dictionary(uniqueKeysWithValues: stage.decl.inputs.map { ($0.name, StageRecord.Input(hash: parts.inputs[$0.name]!, source: $0.source.description)) }),
             outputs: Dictionary(uniqueKeysWithValues: stage.decl.outputs.map { ($0.name, StageRecord.Output(hash: entry.outputs[$0.name]!.hash, path: $0.path)) }),
-            updatedAt: isoNow(), updatedAtNs: nowNanoseconds())
+            updatedAt: isoNow(), updatedAtNs: nowNanoseconds(), mode: parts.mode)
         state.lock()
         recordsByFile[path] = records
         state.unlock()
@@ -276,11 +280,12 @@ public final class Runner: @unchecked Sendable {
     /// What a run would do, stage by stage in dependency order, without running anything.
     public func status(_ pipeline: BoundPipeline, force: Set<String> = [], until: String? = nil) throws -> [StageStatus] {
         try checkStageNames(pipeline, force: force, until: until)
-        let selected = until.map { pipeline.pipeline.withAncestors($0) }
+        let selected = until.map { pipeline.withAncestors($0) }
+        let forced = pipeline.jobs(of: force)
         var known: [String: [String: String]] = [:]
         var result: [StageStatus] = []
         for stage in pipeline.stages where selected?.contains(stage.name) ?? true {
-            let evaluation = try evaluate(stage, in: pipeline, known: known, force: force.contains(stage.name))
+            let evaluation = try evaluate(stage, in: pipeline, known: known, force: forced.contains(stage.name))
             if evaluation.upToDate, let entry = evaluation.entry { known[stage.name] = entry.outputs.mapValues(\.hash) }
             result.append(StageStatus(name: stage.name, state: evaluation.upToDate ? .upToDate : .stale,
                                       reasons: evaluation.reasons, notes: evaluation.notes, key: evaluation.key))
@@ -290,8 +295,8 @@ public final class Runner: @unchecked Sendable {
     }
 
     func checkStageNames(_ pipeline: BoundPipeline, force: Set<String>, until: String?) throws {
-        for name in force.sorted() + (until.map { [$0] } ?? []) where pipeline.stage(name) == nil {
-            throw RunnerError("\(pipeline.displayFile): no stage '\(name)' (stages: \(pipeline.stages.map(\.name).joined(separator: ", ")))")
+        for name in force.sorted() + (until.map { [$0] } ?? []) where !pipeline.stages.contains(where: { $0.stageName == name }) {
+            throw RunnerError("\(pipeline.displayFile): no stage '\(name)' (stages: \(pipeline.pipeline.stages.map(\.name).joined(separator: ", ")))")
         }
     }
 
@@ -306,7 +311,8 @@ public final class Runner: @unchecked Sendable {
         defer { withExtendedLifetime(lock) {} }
         removeLeftovers()
 
-        let selected = options.until.map { pipeline.pipeline.withAncestors($0) }
+        let selected = options.until.map { pipeline.withAncestors($0) }
+        let forced = pipeline.jobs(of: options.force)
         var pending = pipeline.stages.filter { selected?.contains($0.name) ?? true }
         let width = pending.map(\.name.count).max() ?? 0
         func label(_ name: String) -> String { name.padding(toLength: width, withPad: " ", startingAt: 0) }
@@ -361,7 +367,7 @@ public final class Runner: @unchecked Sendable {
                 let stage = pending.remove(at: index)
                 let start = Date()
                 do {
-                    let evaluation = try evaluate(stage, in: pipeline, known: known, force: options.force.contains(stage.name))
+                    let evaluation = try evaluate(stage, in: pipeline, known: known, force: forced.contains(stage.name))
                     if evaluation.upToDate, let entry = evaluation.entry, let parts = evaluation.parts {
                         let restored = try materialise(stage, entry: entry)
                         try record(stage, in: pipeline, parts: parts, entry: entry)
@@ -457,9 +463,12 @@ public final class Runner: @unchecked Sendable {
             try writeAtomically(Data(JSONValue.object(stage.params).canonical.utf8), to: paramsFile)
 
             var arguments: [String] = []
-            for name in inputPaths.keys.sorted() { arguments += ["--in", "\(name)=\(inputPaths[name]!)"] }
+            for name in inputPaths.keys.sorted() {
+                // A merge's parts (OUTPUT.I) are not inputs of the stage's own: --part.
+                arguments += [name.contains(".") ? "--part" : "--in", "\(name)=\(inputPaths[name]!)"]
+            }
             for name in outputPaths.keys.sorted() { arguments += ["--out", "\(name)=\(outputPaths[name]!)"] }
-            arguments += ["--params", paramsFile]
+            arguments += ["--params", paramsFile] + Self.roleArguments(stage.role)
             // The cache key names the executable hashed when the pipeline was loaded: one rebuilt
             // since (or while the stage runs) would store its outputs under the other code's key.
             func checkExecutable(_ when: String) throws {
@@ -494,6 +503,15 @@ public final class Runner: @unchecked Sendable {
             return .failure(error)
         } catch {
             return .failure(RunnerError("\(error)"))
+        }
+    }
+
+    /// What a sharded stage's job adds to the stage contract's arguments.
+    static func roleArguments(_ role: JobRole) -> [String] {
+        switch role {
+        case .whole: return []
+        case .shard(let index, let count): return ["--shard", "\(index)/\(count)"]
+        case .merge(let count): return ["--merge-shards", String(count)]
         }
     }
 

@@ -62,7 +62,11 @@ extension Runner {
     /// binary, which each rule asks for SOURCE_DATE_EPOCH exactly as the runner computes it, so
     /// that both engines write the same bytes.
     public func snakemakeExport(_ pipeline: BoundPipeline, wsss: String, command: String) throws -> SnakemakeExport {
-        let ruleNames = try Self.snakemakeRuleNames(pipeline.stages.map(\.name))
+        // A shard job `stage[I/N]` is rule `stage_shardIofN`; the merge keeps the stage's rule name.
+        let ruleNames = try Self.snakemakeRuleNames(pipeline.stages.map(\.name), shownAs: pipeline.stages.map { stage in
+            if case .shard(let index, let count) = stage.role { return "\(stage.stageName)_shard\(index)of\(count)" }
+            return stage.name
+        })
         var outputPaths: [String: [String: String]] = [:]
         for stage in pipeline.stages {
             outputPaths[stage.name] = Dictionary(uniqueKeysWithValues: stage.decl.outputs.map { ($0.name, $0.path) })
@@ -101,7 +105,11 @@ extension Runner {
             let rule = ruleNames[stage.name]!
             let stageParams = JSONValue.object(stage.params)
             params[rule] = stageParams.canonical
-            text += "\n# stage '\(stage.name)': \(stage.decl.run)\n"
+            switch stage.role {
+            case .whole: text += "\n# stage '\(stage.name)': \(stage.decl.run)\n"
+            case .shard(let index, let count): text += "\n# stage '\(stage.stageName)', shard \(index)/\(count): \(stage.decl.run) --shard \(index)/\(count)\n"
+            case .merge(let count): text += "\n# stage '\(stage.name)', merge of its \(count) shards: \(stage.decl.run) --merge-shards \(count)\n"
+            }
             text += "rule \(rule):\n    input:\n"
             text += "        executable=\(Self.pythonString(try checked(stage.executablePath, "executable path"))),\n"
             var inputNames: [String] = []
@@ -111,7 +119,8 @@ extension Runner {
                 case .path(let file): path = file
                 case .stage(let upstream, let output): path = outputPaths[upstream]![output]!
                 }
-                text += "        \(input.name)=\(Self.pythonString(try checked(path, "input path"))),\n"
+                // Part I of output X of a merge is input `X.I`: keyword `X_partI` in the rule.
+                text += "        \(Self.snakemakeInputName(input.name))=\(Self.pythonString(try checked(path, "input path"))),\n"
                 inputNames.append(input.name)
             }
             text += "        params_file=os.path.join(PARAMS, \(Self.pythonString(rule + ".json"))),\n"
@@ -127,15 +136,16 @@ extension Runner {
             }
             // SOURCE_DATE_EPOCH as the runner sets it (from the inputs' created_at); the engine and
             // BLAS threads capped to the rule's threads (a cluster job gets only those cores).
-            let epochInputs = inputNames.map { " {input.\($0):q}" }.joined()
+            let epochInputs = inputNames.map { " {input.\(Self.snakemakeInputName($0)):q}" }.joined()
             var shell = inputNames.isEmpty ? "SOURCE_DATE_EPOCH=0\n"
                 : "SOURCE_DATE_EPOCH=$(\(Self.shellQuote(wsss)) source-date-epoch\(epochInputs))\n"
             shell += "export SOURCE_DATE_EPOCH WSSS_STAGE=\(Self.shellQuote(try checked(stage.name, "stage name")))"
             if stage.description.resources != nil { shell += " WSSS_ENGINE_THREADS={threads} OPENBLAS_NUM_THREADS={threads}" }
             shell += "\n{input.executable:q}"
-            for name in inputNames { shell += " --in \(name)={input.\(name):q}" }
+            for name in inputNames { shell += " \(name.contains(".") ? "--part" : "--in") \(name)={input.\(Self.snakemakeInputName(name)):q}" }
             for output in stage.decl.outputs.sorted(by: { $0.name < $1.name }) { shell += " --out \(output.name)={output.\(output.name):q}" }
             shell += " --params {input.params_file:q}"
+            for argument in Self.roleArguments(stage.role) { shell += " " + argument }
             text += "    shell:\n        r\"\"\"\n"
             for line in shell.split(separator: "\n") { text += "        \(line)\n" }
             text += "        \"\"\"\n"
@@ -147,15 +157,21 @@ extension Runner {
     /// Rule names are Python identifiers: stage names with other characters as '_', and `stage_`
     /// before one that would not be a name (a digit first, a keyword, `all`). Two stages that
     /// would share a rule name are an error.
-    static func snakemakeRuleNames(_ stages: [String]) throws -> [String: String] {
+    /// A merge's part input `OUTPUT.I` as a Python keyword.
+    static func snakemakeInputName(_ name: String) -> String {
+        name.replacingOccurrences(of: ".", with: "_part")
+    }
+
+    /// `shownAs[i]` (default: the stage name itself) is what stage `stages[i]`'s rule name is made from.
+    static func snakemakeRuleNames(_ stages: [String], shownAs: [String]? = nil) throws -> [String: String] {
         let reserved: Set<String> = ["all", "and", "as", "assert", "async", "await", "break", "class", "continue", "def", "del", "elif",
                                      "else", "except", "finally", "for", "from", "global", "if", "import", "in", "is", "lambda",
                                      "nonlocal", "not", "or", "pass", "raise", "return", "try", "while", "with", "yield",
                                      "False", "None", "True", "rule", "checkpoint"]
         var names: [String: String] = [:]
         var owner: [String: String] = [:]
-        for stage in stages {
-            var name = String(stage.map { $0.isASCII && ($0.isLetter || $0.isNumber) ? $0 : "_" })
+        for (position, stage) in stages.enumerated() {
+            var name = String((shownAs?[position] ?? stage).map { $0.isASCII && ($0.isLetter || $0.isNumber) ? $0 : "_" })
             if name.first?.isNumber == true || reserved.contains(name) { name = "stage_" + name }
             if let other = owner[name] {
                 throw RunnerError("stages '\(other)' and '\(stage)' would both be Snakemake rule '\(name)'; rename one")

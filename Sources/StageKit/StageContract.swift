@@ -26,6 +26,13 @@ public struct StageOptions: ParsableArguments {
     @Option(name: .customLong("shard"), help: "Process only part I of N of the images (I in 0..<N), for stages that say \"shardable\"; a merge joins the parts.")
     public var shard: String?
 
+    @Option(name: .customLong("merge-shards"),
+            help: "Join N shard runs' outputs (--part) into the outputs (--out) the unsharded run writes; --in and --params as for the run.")
+    public var mergeShards: Int?
+
+    @Option(name: .customLong("part"), help: "With --merge-shards: output OUTPUT of shard I: OUTPUT.I=PATH (repeatable, one per output and shard).")
+    public var parts: [String] = []
+
     @Flag(help: "Print this stage's inputs, outputs and default parameters as JSON and exit.")
     public var describe = false
 
@@ -45,7 +52,8 @@ public struct StageSpec: Sendable {
     public let optionalInputs: [String]
     public let outputs: [String]
     public let resources: StageResources
-    /// Per-image work that `--shard I/N` splits (its artifacts merge back, `MapShards.merge`).
+    /// Per-image work that `--shard I/N` splits; `--merge-shards N` joins the parts' outputs into
+    /// the unsharded run's (the stage's `merge` body, e.g. `MapShards.merge` for map artifacts).
     public let shardable: Bool
 
     public init(name: String, version: String, summary: String, inputs: [String], optionalInputs: [String] = [], outputs: [String],
@@ -233,10 +241,14 @@ public final class StageContext<P: StageParameters> {
 public enum StageMain {
     /// Parses the contract's arguments, runs `body`, and turns any error into one line on stderr
     /// and exit status 1.
-    public static func run<P: StageParameters>(_ spec: StageSpec, parameters: P.Type = P.self, body: (StageContext<P>) throws -> Void) -> Never {
+    /// A shardable stage passes `merge`, which `--merge-shards N` runs instead of `body`.
+    public static func run<P: StageParameters>(_ spec: StageSpec, parameters: P.Type = P.self, merge: ((ShardMergeContext<P>) throws -> Void)? = nil,
+                                               body: (StageContext<P>) throws -> Void) -> Never {
+        precondition(spec.shardable == (merge != nil), "\(spec.name): a shardable stage needs a merge, and only a shardable one has one")
         LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
         let options = StageOptions.parseOrExit()
         var context: StageContext<P>?
+        var mergeContext: ShardMergeContext<P>?
         do {
             if options.describe {
                 print(try describe(spec, defaults: P()))
@@ -244,6 +256,14 @@ public enum StageMain {
             }
             if options.checkParams {
                 _ = try ParameterMerge.merge(P.self, layers: try parameterLayers(options))
+                exit(0)
+            }
+            if options.mergeShards != nil || !options.parts.isEmpty {
+                guard let merge else { throw StageError("--merge-shards: this stage does not split into shards (it is not per image)") }
+                mergeContext = try makeMergeContext(spec, options: options, parameters: P.self)
+                try merge(mergeContext!)
+                try mergeContext!.commitOutputs()
+                print("\(spec.name): merged \(mergeContext!.shardCount) shards")
                 exit(0)
             }
             context = try makeContext(spec, options: options, parameters: P.self)
@@ -255,6 +275,7 @@ public enum StageMain {
         } catch {
             // exit() runs no deinit: the temporary files go now.
             context?.abandonOutputs()
+            mergeContext?.abandonOutputs()
             FileHandle.standardError.write(Data("error: \(spec.name): \(error)\n".utf8))
             exit(1)
         }
@@ -284,6 +305,40 @@ public enum StageMain {
     }
 
     public static func makeContext<P: StageParameters>(_ spec: StageSpec, options: StageOptions, parameters: P.Type) throws -> StageContext<P> {
+        let (inputs, outputs) = try inputsAndOutputs(spec, options: options)
+        let shard = try options.shard.map(Shard.parse)
+        if shard != nil, !spec.shardable { throw StageError("--shard: this stage does not split into shards (it is not per image)") }
+        let (params, json) = try ParameterMerge.merge(P.self, layers: try parameterLayers(options))
+        return StageContext(spec: spec, params: params, paramsJSON: json, inputs: inputs, outputs: outputs, shard: shard)
+    }
+
+    /// `--merge-shards N`: the stage's inputs and outputs as for a run, and every output of every
+    /// shard as `--part OUTPUT.I=PATH`.
+    public static func makeMergeContext<P: StageParameters>(_ spec: StageSpec, options: StageOptions, parameters: P.Type) throws -> ShardMergeContext<P> {
+        guard let count = options.mergeShards else { throw StageError("--part is only for --merge-shards N") }
+        guard count >= 1 else { throw StageError("--merge-shards expects N >= 1, got \(count)") }
+        if options.shard != nil { throw StageError("--shard and --merge-shards exclude each other: a shard runs, a merge joins") }
+        let (inputs, outputs) = try inputsAndOutputs(spec, options: options)
+        var parts: [String: [String?]] = Dictionary(uniqueKeysWithValues: spec.outputs.map { ($0, [String?](repeating: nil, count: count)) })
+        for (name, path) in try pairs(options.parts, flag: "--part") {
+            let pieces = name.split(separator: ".", omittingEmptySubsequences: false)
+            guard pieces.count == 2, let index = Int(pieces[1]), (0..<count).contains(index), parts[String(pieces[0])] != nil else {
+                throw StageError("--part \(name)=...: expected OUTPUT.I with OUTPUT one of \(spec.outputs.joined(separator: ", ")) and I in 0..<\(count)")
+            }
+            parts[String(pieces[0])]![index] = path
+        }
+        for output in spec.outputs {
+            if let missing = parts[output]!.firstIndex(where: { $0 == nil }) {
+                throw StageError("missing part: pass --part \(output).\(missing)=PATH (output '\(output)' of shard \(missing)/\(count))")
+            }
+        }
+        let (params, json) = try ParameterMerge.merge(P.self, layers: try parameterLayers(options))
+        return ShardMergeContext(spec: spec, params: params, paramsJSON: json, count: count, inputs: inputs, outputs: outputs,
+                                 parts: parts.mapValues { $0.map { $0! } })
+    }
+
+    /// `--in` and `--out`, checked against the spec.
+    static func inputsAndOutputs(_ spec: StageSpec, options: StageOptions) throws -> (inputs: [String: String], outputs: [String: String]) {
         let inputs = try pairs(options.inputs, flag: "--in")
         let outputs = try pairs(options.outputs, flag: "--out")
         for name in inputs.keys where !(spec.inputs + spec.optionalInputs).contains(name) {
@@ -312,10 +367,7 @@ public enum StageMain {
         } catch {
             throw StageError("\(error)")
         }
-        let shard = try options.shard.map(Shard.parse)
-        if shard != nil, !spec.shardable { throw StageError("--shard: this stage does not split into shards (it is not per image)") }
-        let (params, json) = try ParameterMerge.merge(P.self, layers: try parameterLayers(options))
-        return StageContext(spec: spec, params: params, paramsJSON: json, inputs: inputs, outputs: outputs, shard: shard)
+        return (inputs, outputs)
     }
 
     /// The parameter layers over the defaults: the --params file, then each --param.
@@ -352,4 +404,68 @@ public enum StageMain {
 /// Parameters of a stage that has none yet.
 public struct EmptyParameters: StageParameters {
     public init() {}
+}
+
+/// What a `--merge-shards N` run of a shardable stage has: the run's parameters and inputs, each
+/// output's N parts in shard order, and the outputs to write (all or none, like a run's).
+public final class ShardMergeContext<P: StageParameters> {
+    public let spec: StageSpec
+    public let params: P
+    public let paramsJSON: String
+    /// N: how many shards are joined.
+    public let shardCount: Int
+    public let inputPaths: [String: String]
+    public let outputPaths: [String: String]
+    private let partPaths: [String: [String]]
+    public let log: Logger
+    private let outputSet = OutputSet()
+
+    init(spec: StageSpec, params: P, paramsJSON: String, count: Int, inputs: [String: String], outputs: [String: String], parts: [String: [String]]) {
+        self.spec = spec
+        self.params = params
+        self.paramsJSON = paramsJSON
+        shardCount = count
+        inputPaths = inputs
+        outputPaths = outputs
+        partPaths = parts
+        log = Logger(label: spec.name)
+    }
+
+    public func input(_ name: String) -> String {
+        guard let path = inputPaths[name] else { preconditionFailure("\(spec.name) reads undeclared input '\(name)'") }
+        return path
+    }
+
+    public func optionalInput(_ name: String) -> String? { inputPaths[name] }
+
+    /// The N shards' files of output `name`, in shard order.
+    public func parts(_ name: String) -> [String] {
+        guard let paths = partPaths[name] else { preconditionFailure("\(spec.name) has no output '\(name)'") }
+        return paths
+    }
+
+    /// The joined output `name`: write it at `temporaryPath`; it appears with the others on commit.
+    public func pendingOutput(_ name: String) -> PendingFile {
+        guard let path = outputPaths[name] else { preconditionFailure("\(spec.name) writes undeclared output '\(name)'") }
+        let file = PendingFile(destination: path)
+        outputSet.adopt(file)
+        return file
+    }
+
+    /// A side picture that shows the first images of the split: shard 0's, which holds them (the
+    /// same file as the unsharded run's when shard 0 has at least as many images as it draws).
+    public func takeFirstPart(_ name: String) throws {
+        let source = parts(name)[0]
+        guard let data = FileManager.default.contents(atPath: source) else { throw StageError("\(source): cannot read part 0 of output '\(name)'") }
+        try data.write(to: URL(fileURLWithPath: pendingOutput(name).temporaryPath))
+    }
+
+    func commitOutputs() throws {
+        for name in spec.outputs where !outputSet.destinations.contains(outputPaths[name]!) {
+            throw StageError("internal: merged output '\(name)' was never written")
+        }
+        try outputSet.commit()
+    }
+
+    func abandonOutputs() { outputSet.abandon() }
 }

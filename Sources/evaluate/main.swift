@@ -27,10 +27,11 @@ let spec = StageSpec(
     name: "evaluate", version: "0.1.0",
     summary: "Scores class maps (with a background-threshold sweep), label maps or predictions against the dataset's ground truth.",
     inputs: ["dataset", "subject"], outputs: ["metrics", "metrics_json", "panels", "confusion"],
-    resources: StageResources(threads: 1, memoryMB: 2048, runtimeMinutes: 30))
+    resources: StageResources(threads: 1, memoryMB: 2048, runtimeMinutes: 30), shardable: true)
 
 /// What one evaluation found, before it is written out.
 struct Evaluation {
+    var classNames: [String]
     var subjectKind: ArtifactKind
     var description: String
     var split: String
@@ -41,94 +42,238 @@ struct Evaluation {
     var panels: [RGBImage] = []
 }
 
-StageMain.run(spec, parameters: Params.self) { ctx in
-    let p = ctx.params
-    guard p.thresholdStep > 0, p.thresholdStop >= p.thresholdStart else {
-        throw StageError("threshold sweep needs threshold_step > 0 and threshold_stop >= threshold_start")
-    }
-    let datasetPath = ctx.input("dataset"), subjectPath = ctx.input("subject")
-    let dataset = try DatasetReader(path: datasetPath)
-    let datasetHash = try ctx.inputContentHashes()["dataset"]!
-    let kind = try ArtifactReader(path: subjectPath, kind: nil).provenance.kind
+/// The artifact scored, with the split it refers to.
+struct Subject {
+    enum Maps { case classMaps(ClassMapsReader), labelMaps(LabelMapsReader) }
+    let maps: Maps
+    let split: DatasetSplit
+    let classCount: Int
+    let classNames: [String]
+    let kind: ArtifactKind
 
-    let evaluation: Evaluation
-    switch kind {
-    case .cams:
-        evaluation = try evaluateMaps(ClassMapsReader(path: subjectPath), dataset: dataset, datasetHash: datasetHash, params: p, ctx: ctx)
-    case .labels, .predictions:
-        evaluation = try evaluateLabels(LabelMapsReader(path: subjectPath, kind: kind), dataset: dataset, datasetHash: datasetHash, params: p, ctx: ctx)
-    default:
-        throw StoreError(path: subjectPath, "evaluate scores artifacts of kind 'cams', 'labels' or 'predictions', found kind '\(kind)'")
+    init(datasetPath: String, subjectPath: String, datasetHash: String) throws {
+        let dataset = try DatasetReader(path: datasetPath)
+        kind = try ArtifactReader(path: subjectPath, kind: nil).provenance.kind
+        classCount = dataset.numClasses + 1
+        classNames = dataset.classNames
+        switch kind {
+        case .cams:
+            let reader = try ClassMapsReader(path: subjectPath)
+            maps = .classMaps(reader)
+            split = try dataset.split(for: reader.context, datasetHash: datasetHash, artifactPath: subjectPath, imageIndices: reader.imageIndices)
+        case .labels, .predictions:
+            let reader = try LabelMapsReader(path: subjectPath, kind: kind)
+            maps = .labelMaps(reader)
+            split = try dataset.split(for: reader.context, datasetHash: datasetHash, artifactPath: subjectPath, imageIndices: reader.imageIndices)
+        default:
+            throw StoreError(path: subjectPath, "evaluate scores artifacts of kind 'cams', 'labels' or 'predictions', found kind '\(kind)'")
+        }
     }
-    try write(evaluation, classNames: dataset.classNames, ctx: ctx)
+
+    var count: Int {
+        switch maps {
+        case .classMaps(let reader): return reader.count
+        case .labelMaps(let reader): return reader.count
+        }
+    }
+
+    /// Scores entries `entries` (all, or a shard's block).
+    func score(_ entries: Range<Int>, params p: Params) throws -> Tally {
+        var tally = Tally(kind: kind, classCount: classCount, thresholds: p.thresholds)
+        let progress = ProgressReporter("evaluate", total: entries.count, unit: "img")
+        switch maps {
+        case .classMaps(let reader):
+            for n in entries {
+                tally.sweep!.add(try reader.maps(n), truth: try split.mask(reader.imageIndices[n]))
+                progress.advance()
+            }
+        case .labelMaps(let reader):
+            for n in entries {
+                let index = reader.imageIndices[n]
+                let truth = try split.mask(index)
+                let (height, width, values) = try reader.labels(n)
+                guard height == truth.height && width == truth.width else {
+                    throw StoreError(path: reader.artifact.path, "entry \(n) is \(width)x\(height), image \(index) is \(truth.width)x\(truth.height)")
+                }
+                tally.add(labels: values, truth: truth)
+                progress.advance()
+            }
+        }
+        tally.images = entries.count
+        return tally
+    }
+
+    /// The evaluation of `tally`, with panels of the entries `panelEntries` (image | truth |
+    /// [top score |] prediction; class maps at the best background threshold).
+    func evaluation(_ tally: Tally, panelEntries: Range<Int>) throws -> Evaluation {
+        switch maps {
+        case .classMaps(let reader):
+            let sweep = tally.sweep!
+            let best = sweep.best
+            let panels = try panelEntries.map { n -> RGBImage in
+                let index = reader.imageIndices[n]
+                let truth = try split.mask(index), maps = try reader.maps(n)
+                let pixels = truth.labels.count
+                let scores = resizePlanes(maps.values, count: maps.classes.count, width: maps.width, height: maps.height, toWidth: truth.width, toHeight: truth.height)
+                let prediction = LabelMap(width: truth.width, height: truth.height,
+                                          labels: Argmax.planar(scores, classes: maps.classes, pixels: pixels, background: .constant(Float(best.threshold))))
+                let top = topScores(scores, classes: maps.classes.count, pixels: pixels)
+                return RGBImage.hstack([try split.image(index), truth.colorized(), ColorMap.heatmap(top, width: truth.width, height: truth.height, range: 0...1),
+                                        prediction.colorized()])
+            }
+            return Evaluation(
+                classNames: classNames, subjectKind: .cams, description: reader.description, split: split.name, images: tally.images,
+                confusion: sweep.confusion(at: best.index), extra: ["best_threshold": best.threshold],
+                sweep: (sweep.thresholds, sweep.meanIoUs), panels: panels)
+        case .labelMaps(let reader):
+            let panels = try panelEntries.map { n -> RGBImage in
+                let index = reader.imageIndices[n]
+                let (height, width, values) = try reader.labels(n)
+                return RGBImage.hstack([try split.image(index), try split.mask(index).colorized(), LabelMap(width: width, height: height, labels: values).colorized()])
+            }
+            var extra: [String: Any] = [:]
+            if kind == .labels {
+                extra["coverage"] = tally.scoredPixels == 0 ? 0 : Double(tally.labelledPixels) / Double(tally.scoredPixels)
+                extra["miou_ignore_as_background"] = jsonNumber(tally.asBackground!.meanIoU)
+            }
+            return Evaluation(classNames: classNames, subjectKind: kind, description: "", split: split.name, images: tally.images,
+                              confusion: tally.labelled!, extra: extra, panels: panels)
+        }
+    }
 }
 
-func evaluateMaps(_ reader: ClassMapsReader, dataset: DatasetReader, datasetHash: String, params p: Params, ctx: StageContext<Params>) throws -> Evaluation {
-    let split = try dataset.split(for: reader.context, datasetHash: datasetHash, artifactPath: reader.artifact.path, imageIndices: reader.imageIndices)
-    let classCount = dataset.numClasses + 1
-    var sweep = ThresholdSweep(thresholds: ThresholdSweep.range(start: p.thresholdStart, stop: p.thresholdStop, step: p.thresholdStep), classCount: classCount)
-    let progress = ProgressReporter("evaluate", total: reader.count, unit: "img")
-    var panelInputs: [(image: RGBImage, truth: LabelMap, scores: [Float], classes: [Int])] = []
-    for n in 0..<reader.count {
-        let index = reader.imageIndices[n]
-        let truth = try split.mask(index)
-        let maps = try reader.maps(n)
-        let scores = sweep.add(maps, truth: truth)
-        if panelInputs.count < p.panels { panelInputs.append((try split.image(index), truth, scores, maps.classes)) }
-        progress.advance()
-    }
-    let best = sweep.best
-    let panels = panelInputs.map { input -> RGBImage in
-        let prediction = LabelMap(width: input.truth.width, height: input.truth.height,
-                                  labels: Argmax.planar(input.scores, classes: input.classes, pixels: input.truth.labels.count,
-                                                        background: .constant(Float(best.threshold))))
-        let top = topScores(input.scores, classes: input.classes.count, pixels: input.truth.labels.count)
-        return RGBImage.hstack([input.image, input.truth.colorized(), ColorMap.heatmap(top, width: input.truth.width, height: input.truth.height, range: 0...1), prediction.colorized()])
-    }
-    return Evaluation(
-        subjectKind: .cams, description: reader.description, split: split.name, images: reader.count,
-        confusion: sweep.confusion(at: best.index), extra: ["best_threshold": best.threshold],
-        sweep: (sweep.thresholds, sweep.meanIoUs), panels: panels)
-}
-
-func evaluateLabels(_ reader: LabelMapsReader, dataset: DatasetReader, datasetHash: String, params p: Params, ctx: StageContext<Params>) throws -> Evaluation {
-    let split = try dataset.split(for: reader.context, datasetHash: datasetHash, artifactPath: reader.artifact.path, imageIndices: reader.imageIndices)
-    let classCount = dataset.numClasses + 1
-    var labelled = ConfusionMatrix(classCount: classCount), asBackground = ConfusionMatrix(classCount: classCount)
+/// Counts over the images scored: sums over disjoint images, so the tallies of shards add up to
+/// the unsharded run's, and every metric is recomputed from the sum. A shard's metrics artifact
+/// stores its tally (`shard_*` arrays) for the merge; a whole run's does not.
+struct Tally {
+    var images = 0
+    /// Class maps: the background-threshold sweep.
+    var sweep: ThresholdSweep?
+    /// Label maps: confusion where labelled (uncertain pixels left out) and with uncertain as background.
+    var labelled: ConfusionMatrix?
+    var asBackground: ConfusionMatrix?
     var scoredPixels: Int64 = 0, labelledPixels: Int64 = 0
-    var panels: [RGBImage] = []
-    let progress = ProgressReporter("evaluate", total: reader.count, unit: "img")
-    for n in 0..<reader.count {
-        let index = reader.imageIndices[n]
-        let truth = try split.mask(index)
-        let (height, width, values) = try reader.labels(n)
-        guard height == truth.height && width == truth.width else {
-            throw StoreError(path: reader.artifact.path, "entry \(n) is \(width)x\(height), image \(index) is \(truth.width)x\(truth.height)")
+
+    init(kind: ArtifactKind, classCount: Int, thresholds: [Double]) {
+        if kind == .cams {
+            sweep = ThresholdSweep(thresholds: thresholds, classCount: classCount)
+        } else {
+            labelled = ConfusionMatrix(classCount: classCount)
+            asBackground = ConfusionMatrix(classCount: classCount)
         }
-        // Uncertain pixels (255) are left out of `labelled` and count as background in `asBackground`.
+    }
+
+    /// Uncertain pixels (255) are left out of `labelled` and count as background in `asBackground`.
+    mutating func add(labels values: [UInt8], truth: LabelMap) {
         var truthWhereLabelled = truth.labels, filled = values
-        for i in 0..<values.count where values[i] == LabelMap.ignore {
-            truthWhereLabelled[i] = LabelMap.ignore
-            filled[i] = 0
+        values.withUnsafeBufferPointer { v in
+            truth.labels.withUnsafeBufferPointer { t in
+                truthWhereLabelled.withUnsafeMutableBufferPointer { tl in
+                    filled.withUnsafeMutableBufferPointer { f in
+                        for i in 0..<v.count where v[i] == LabelMap.ignore {
+                            tl[i] = LabelMap.ignore
+                            f[i] = 0
+                        }
+                        for i in 0..<v.count where t[i] != LabelMap.ignore {
+                            scoredPixels += 1
+                            if v[i] != LabelMap.ignore { labelledPixels += 1 }
+                        }
+                    }
+                }
+            }
         }
-        for i in 0..<values.count where truth.labels[i] != LabelMap.ignore {
-            scoredPixels += 1
-            if values[i] != LabelMap.ignore { labelledPixels += 1 }
-        }
-        labelled.add(prediction: LabelMap(width: width, height: height, labels: values), truth: LabelMap(width: width, height: height, labels: truthWhereLabelled))
-        asBackground.add(prediction: LabelMap(width: width, height: height, labels: filled), truth: truth)
-        if panels.count < p.panels {
-            panels.append(RGBImage.hstack([try split.image(index), truth.colorized(), LabelMap(width: width, height: height, labels: values).colorized()]))
-        }
-        progress.advance()
+        labelled!.add(prediction: LabelMap(width: truth.width, height: truth.height, labels: values),
+                      truth: LabelMap(width: truth.width, height: truth.height, labels: truthWhereLabelled))
+        asBackground!.add(prediction: LabelMap(width: truth.width, height: truth.height, labels: filled), truth: truth)
     }
-    var extra: [String: Any] = [:]
-    if reader.artifact.provenance.kind == .labels {
-        extra["coverage"] = scoredPixels == 0 ? 0 : Double(labelledPixels) / Double(scoredPixels)
-        extra["miou_ignore_as_background"] = jsonNumber(asBackground.meanIoU)
+
+    func write(to root: HDF5Group) throws {
+        try root.setAttribute("shard_images", Int64(images))
+        if let sweep { try root.write("shard_sweep_counts", sweep.rawCounts) }
+        if let labelled, let asBackground {
+            try root.write("shard_labelled_confusion", labelled.counts + labelled.invalidPredictions)
+            try root.write("shard_as_background_confusion", asBackground.counts + asBackground.invalidPredictions)
+            try root.write("shard_pixels", [scoredPixels, labelledPixels])
+        }
     }
-    return Evaluation(subjectKind: reader.artifact.provenance.kind, description: "", split: split.name, images: reader.count,
-                      confusion: labelled, extra: extra, panels: panels)
+
+    /// Adds the tally a shard stored in its metrics artifact.
+    mutating func add(storedIn reader: ArtifactReader) throws {
+        let root = reader.root
+        func counts(_ name: String, _ count: Int) throws -> [Int64] {
+            let values = try root.read(name, as: Int64.self).values
+            guard values.count == count else { throw StoreError(path: reader.path, "'\(name)' holds \(values.count) counts, expected \(count)") }
+            return values
+        }
+        func confusion(_ name: String, like matrix: ConfusionMatrix) throws -> ConfusionMatrix {
+            let k = matrix.classCount
+            let values = try counts(name, k * k + k)
+            return ConfusionMatrix(classCount: k, counts: Array(values[..<(k * k)]), invalidPredictions: Array(values[(k * k)...]))
+        }
+        guard root.hasAttribute("shard_images") else { throw StoreError(path: reader.path, "holds no shard tally (not written by evaluate --shard)") }
+        images += Int(try root.int64Attribute("shard_images"))
+        if let current = sweep {
+            let stored = try counts("shard_sweep_counts", current.rawCounts.count)
+            sweep!.merge(ThresholdSweep(thresholds: current.thresholds, classCount: current.classCount, counts: stored)!)
+        }
+        if let current = labelled, let background = asBackground {
+            labelled!.merge(try confusion("shard_labelled_confusion", like: current))
+            asBackground!.merge(try confusion("shard_as_background_confusion", like: background))
+            let pixels = try counts("shard_pixels", 2)
+            scoredPixels += pixels[0]
+            labelledPixels += pixels[1]
+        }
+    }
+}
+
+extension Params {
+    var thresholds: [Double] { ThresholdSweep.range(start: thresholdStart, stop: thresholdStop, step: thresholdStep) }
+
+    func check() throws {
+        guard thresholdStep > 0, thresholdStop >= thresholdStart else {
+            throw StageError("threshold sweep needs threshold_step > 0 and threshold_stop >= threshold_start")
+        }
+    }
+}
+
+StageMain.run(spec, parameters: Params.self, merge: mergeShards) { ctx in
+    let p = ctx.params
+    try p.check()
+    let subject = try Subject(datasetPath: ctx.input("dataset"), subjectPath: ctx.input("subject"), datasetHash: try ctx.inputContentHashes()["dataset"]!)
+    let part = ctx.shardRange(of: subject.count)
+    let tally = try subject.score(part, params: p)
+    let evaluation = try subject.evaluation(tally, panelEntries: part.prefix(p.panels))
+    let artifact = try ctx.createArtifact("metrics", kind: .metrics)
+    if ctx.shard != nil { try tally.write(to: artifact.root) }
+    try write(evaluation, to: artifact, pendingOutput: ctx.pendingOutput)
+    try ctx.commitOutputs()
+    print(summaryLine(evaluation))
+}
+
+/// The shards' tallies summed, the metrics recomputed from the sum, the panels drawn again from the
+/// first entries of the subject: the unsharded run's outputs (its metrics artifact plus `shards`).
+func mergeShards(_ ctx: ShardMergeContext<Params>) throws {
+    let p = ctx.params
+    try p.check()
+    let datasetPath = ctx.input("dataset")
+    let subject = try Subject(datasetPath: datasetPath, subjectPath: ctx.input("subject"), datasetHash: try ContentHash.ofFile(datasetPath))
+    let metricsFile = ctx.pendingOutput("metrics")
+    let shards = try ShardParts(ctx.parts("metrics"), destination: metricsFile.destination)
+    var tally = Tally(kind: subject.kind, classCount: subject.classCount, thresholds: p.thresholds)
+    for reader in shards.readers { try tally.add(storedIn: reader) }
+    guard tally.images == subject.count else {
+        throw StoreError(path: shards.paths[0], "the shards scored \(tally.images) images; \(ctx.input("subject")) has \(subject.count)")
+    }
+    let evaluation = try subject.evaluation(tally, panelEntries: 0..<min(p.panels, subject.count))
+    let artifact = try shards.createMerged(at: metricsFile.temporaryPath)
+    do {
+        try write(evaluation, to: artifact, pendingOutput: ctx.pendingOutput)
+        try artifact.commit()
+    } catch {
+        artifact.abandon()
+        throw error
+    }
+    print(summaryLine(evaluation))
 }
 
 func topScores(_ scores: [Float], classes: Int, pixels: Int) -> [Float] {
@@ -137,8 +282,9 @@ func topScores(_ scores: [Float], classes: Int, pixels: Int) -> [Float] {
 
 func jsonNumber(_ value: Double) -> Any { value.isFinite ? value : NSNull() }
 
-func write(_ evaluation: Evaluation, classNames: [String], ctx: StageContext<Params>) throws {
-    let names = ["background"] + classNames
+/// Writes the metrics into `artifact` (not yet committed) and the side outputs as pending files.
+func write(_ evaluation: Evaluation, to artifact: ArtifactWriter, pendingOutput: (String) -> PendingFile) throws {
+    let names = ["background"] + evaluation.classNames
     let iou = evaluation.confusion.iou
     var json: [String: Any] = [
         "subject": evaluation.subjectKind.rawValue,
@@ -155,7 +301,6 @@ func write(_ evaluation: Evaluation, classNames: [String], ctx: StageContext<Par
     if let sweep = evaluation.sweep { json["sweep"] = ["thresholds": sweep.thresholds, "miou": sweep.miou.map(jsonNumber)] }
     let text = String(decoding: try JSONSerialization.data(withJSONObject: json, options: [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes]), as: UTF8.self)
 
-    let artifact = try ctx.createArtifact("metrics", kind: .metrics)
     let root = artifact.root
     let k = evaluation.confusion.classCount
     try root.write("confusion", evaluation.confusion.counts, shape: [k, k])
@@ -165,21 +310,22 @@ func write(_ evaluation: Evaluation, classNames: [String], ctx: StageContext<Par
         try root.write("sweep_miou", sweep.miou)
     }
     try root.setAttribute("metrics_json", text)
-    let jsonFile = ctx.pendingOutput("metrics_json")
+    let jsonFile = pendingOutput("metrics_json")
     try Data((text + "\n").utf8).write(to: URL(fileURLWithPath: jsonFile.temporaryPath))
-    let panelFile = ctx.pendingOutput("panels")
+    let panelFile = pendingOutput("panels")
     let picture = evaluation.panels.isEmpty ? RGBImage(width: 1, height: 1) : RGBImage.vstack(evaluation.panels, gap: 4)
     try PNG.write(picture, to: panelFile.temporaryPath)
-    let confusionFile = ctx.pendingOutput("confusion")
+    let confusionFile = pendingOutput("confusion")
     try Data(confusionPicture(evaluation, names: names).utf8).write(to: URL(fileURLWithPath: confusionFile.temporaryPath))
-    try ctx.commitOutputs()
+}
 
+func summaryLine(_ evaluation: Evaluation) -> String {
     var line = "evaluate: \(evaluation.subjectKind) on \(evaluation.split) (\(evaluation.images) images): mIoU \(String(format: "%.4f", evaluation.confusion.meanIoU))"
     if let t = evaluation.extra["best_threshold"] as? Double { line += " at background \(String(format: "%.2f", t))" }
     if let c = evaluation.extra["coverage"] as? Double { line += ", coverage \(String(format: "%.3f", c))" }
     line += String(format: ", foreground IoU %.4f, foreground class accuracy %.4f",
                    evaluation.confusion.foregroundIoU, evaluation.confusion.foregroundClassAccuracy)
-    print(line)
+    return line
 }
 
 /// The row-normalised confusion matrix (truth rows, predicted columns) as an SVG heatmap.

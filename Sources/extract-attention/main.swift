@@ -55,9 +55,16 @@ let spec = StageSpec(
     name: "extract-attention", version: "0.1.0",
     summary: "Extracts CAM seeds, per-layer head-averaged attention and ACR attention gradients from a classifier.",
     inputs: ["dataset", "checkpoint"], outputs: ["cams", "attention", "samples"],
-    resources: StageResources(threads: 4, memoryMB: 8192, runtimeMinutes: 240))
+    resources: StageResources(threads: 4, memoryMB: 8192, runtimeMinutes: 240), shardable: true)
 
-StageMain.run(spec, parameters: Params.self) { ctx in
+/// The cams and attention joined; the samples picture is shard 0's (it draws the first images).
+func mergeShards(_ ctx: ShardMergeContext<Params>) throws {
+    try MapShards.merge(ctx.parts("cams"), to: ctx.pendingOutput("cams").temporaryPath)
+    try MapShards.merge(ctx.parts("attention"), to: ctx.pendingOutput("attention").temporaryPath)
+    try ctx.takeFirstPart("samples")
+}
+
+StageMain.run(spec, parameters: Params.self, merge: mergeShards) { ctx in
     let p = ctx.params
     let score = p.gradientScore
     guard p.batchSize >= 1, p.limit >= 0, p.samples >= 0 else { throw StageError("batch_size must be >= 1, limit and samples >= 0") }
@@ -80,7 +87,9 @@ StageMain.run(spec, parameters: Params.self) { ctx in
     try MemoryBudget.check(bytes: config.activationBytes(batch: p.batchSize, imageSide: largest), parameter: largest > config.imageSize ? "scales" : "batch_size",
                            what: "batches of \(p.batchSize) images at \(largest) px with every layer's attention kept")
     let g = extractor.grid, n = g * g
-    let count = p.limit > 0 ? min(p.limit, split.count) : split.count
+    // The images of this run: the split (or its first `limit`), or this shard's block of them.
+    let part = ctx.shardRange(of: p.limit > 0 ? min(p.limit, split.count) : split.count)
+    let count = part.count
 
     let context = MapContext(split: split.name, classNames: dataset.classNames, datasetHash: try ctx.inputContentHashes()["dataset"]!)
     let sizes = p.scales.map { "\(extractor.inputSize(scale: $0))" }.joined(separator: ", ")
@@ -101,9 +110,9 @@ StageMain.run(spec, parameters: Params.self) { ctx in
     var pictures: [RGBImage] = []
     let progress = ProgressReporter("extract-attention", total: count, unit: "img")
     let started = Date()
-    var start = 0
-    while start < count {
-        let indices = Array(start..<min(start + p.batchSize, count))
+    var start = part.lowerBound
+    while start < part.upperBound {
+        let indices = Array(start..<min(start + p.batchSize, part.upperBound))
         var images: [RGBImage] = [], inputs: [ExtractionInput] = [], ids: [String] = []
         for i in indices {
             let id = try split.id(i)

@@ -47,7 +47,13 @@ let spec = StageSpec(
     inputs: ["dataset", "cams"], outputs: ["labels", "samples"],
     resources: StageResources(threads: 2, memoryMB: 4096, runtimeMinutes: 120), shardable: true)
 
-StageMain.run(spec, parameters: Params.self) { ctx in
+/// The labels joined; the samples picture is shard 0's (it draws the first images of the split).
+func mergeShards(_ ctx: ShardMergeContext<Params>) throws {
+    try MapShards.merge(ctx.parts("labels"), to: ctx.pendingOutput("labels").temporaryPath)
+    try ctx.takeFirstPart("samples")
+}
+
+StageMain.run(spec, parameters: Params.self, merge: mergeShards) { ctx in
     let p = ctx.params
     guard p.lowBackground < p.highBackground else { throw StageError("low_background (\(p.lowBackground)) must be below high_background (\(p.highBackground))") }
     guard p.downscale >= 1, p.parIterations >= 0, !p.parDilations.isEmpty, p.parDilations.allSatisfy({ $0 >= 1 }) else {

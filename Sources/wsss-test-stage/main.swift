@@ -21,6 +21,8 @@ struct Params: StageParameters {
     /// A file to wait for after starting (and touching); gives up with an error after `wait_ms`.
     var wait_for = ""
     var wait_ms = 60_000
+    /// Items listed in `out`, one a line; `--shard I/N` lists only its block, the merge all of them.
+    var items = 0
     init() {}
     static let rules: [String: ParameterRule] = ["payload_bytes": .nonNegative, "sleep_ms": .nonNegative, "wait_ms": .nonNegative]
 }
@@ -29,7 +31,10 @@ let spec = StageSpec(
     name: "wsss-test-stage", version: "1",
     summary: "Deterministic test stage: summarises its inputs and parameters; can sleep, fail or crash.",
     inputs: [], optionalInputs: ["a", "b"], outputs: ["out", "metrics"],
-    resources: StageResources(threads: 1, memoryMB: 256))
+    resources: StageResources(threads: 1, memoryMB: 256), shardable: true)
+
+/// The line before `out`'s item lines: what comes before it is the same in every shard.
+let itemsMarker = "items:\n"
 
 /// Tests count real executions (and see their overlap) through this log, named by an environment
 /// variable so that it is not part of the stage key. O_APPEND keeps parallel stages' lines whole.
@@ -41,9 +46,29 @@ func testLog(_ line: String) {
     close(fd)
 }
 
-StageMain.run(spec, parameters: Params.self) { ctx in
+/// `out`: part 0's header and every part's item lines, in shard order; `metrics`: part 0's.
+func mergeShards(_ ctx: ShardMergeContext<Params>) throws {
+    testLog("start \(ctx.params.label) merge \(ctx.shardCount)")
+    var merged = ""
+    for (index, path) in ctx.parts("out").enumerated() {
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8), let marker = text.range(of: itemsMarker) else {
+            throw StageError("\(path): not an 'out' file of this stage (no items line)")
+        }
+        if index == 0 { merged = String(text[..<marker.upperBound]) }
+        merged += text[marker.upperBound...]
+    }
+    try Data(merged.utf8).write(to: URL(fileURLWithPath: ctx.pendingOutput("out").temporaryPath))
+    try ctx.takeFirstPart("metrics")
+}
+
+StageMain.run(spec, parameters: Params.self, merge: mergeShards) { ctx in
     let p = ctx.params
-    testLog("start \(p.label)")
+    testLog("start \(p.label)" + (ctx.shard.map { " shard \($0)" } ?? ""))
+    // A failure outside the parameters (so outside the stage key), for rerunning one shard.
+    if let shard = ctx.shard, ProcessInfo.processInfo.environment["WSSS_TEST_FAIL_SHARD"] == String(shard.index) {
+        usleep(300_000)  // after the other shards have started
+        throw StageError("failing shard \(shard) as WSSS_TEST_FAIL_SHARD asks")
+    }
     var summary = "label=\(p.label)\nfactor=\(p.factor)\n"
     for name in ctx.inputPaths.keys.sorted() {
         guard let data = FileManager.default.contents(atPath: ctx.input(name)) else {
@@ -70,6 +95,7 @@ StageMain.run(spec, parameters: Params.self) { ctx in
         _ = FileManager.default.createFile(atPath: outPath, contents: nil)
         return FileHandle(forWritingAtPath: outPath)
     }() else { throw StageError("\(outPath): cannot create") }
+    if p.items > 0 || ctx.shard != nil { summary += itemsMarker + ctx.shardRange(of: p.items).map { "item \($0)\n" }.joined() }
     out.write(Data(summary.utf8))
     if !p.kill_if_exists.isEmpty, FileManager.default.fileExists(atPath: p.kill_if_exists) {
         out.synchronizeFile()

@@ -231,7 +231,7 @@ final class PipelineFileTests: XCTestCase {
                 "Pipelines/bind.yaml:8:17: error: stage 'b': wsss-test-stage has no input 'c' (it reads: a, b)",
                 "Pipelines/bind.yaml:8:34: error: stage 'b': input 'a': no such file or folder: data/missing.txt",
                 "Pipelines/bind.yaml:6:11: error: stage 'b': wsss-test-stage writes output 'metrics'; give it a path under 'outputs:'",
-                "Pipelines/bind.yaml:9:14: error: stage 'b': wsss-test-stage has no parameter 'facter' (its parameters: factor, fail, kill_if_exists, label, payload_bytes, sleep_ms, touch, wait_for, wait_ms)",
+                "Pipelines/bind.yaml:9:14: error: stage 'b': wsss-test-stage has no parameter 'facter' (its parameters: factor, fail, items, kill_if_exists, label, payload_bytes, sleep_ms, touch, wait_for, wait_ms)",
                 "Pipelines/bind.yaml:9:25: error: stage 'b': parameter 'factor' must be a number like its default 1, got string \"abc\"",
             ])
         }

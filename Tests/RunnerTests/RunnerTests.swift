@@ -557,7 +557,7 @@ final class RunnerTests: XCTestCase {
         XCTAssertEqual(out, "")
         XCTAssertEqual(err.split(separator: "\n").sorted(), [
             "Pipelines/bad.yaml:14:17: error: cycle between stages: b -> c -> b",
-            "Pipelines/bad.yaml:18:5: error: unknown key 'param' in a stage (allowed: name, run, description, inputs, params, outputs)",
+            "Pipelines/bad.yaml:18:5: error: unknown key 'param' in a stage (allowed: name, run, description, inputs, params, outputs, shards)",
             "Pipelines/bad.yaml:5:25: error: stage 'a': wsss-test-stage has no parameter 'colour' (its parameters: \(try testStageParameters()))",
             "Pipelines/bad.yaml:5:38: error: stage 'a': parameter 'sleep_ms' must be a whole number, got 2.5",
             "Pipelines/bad.yaml:5:53: error: stage 'a': parameter 'wait_ms' must be >= 0, got -1",
@@ -587,7 +587,7 @@ final class RunnerTests: XCTestCase {
         let (status, out, err) = try ws.wsss(["run", "Pipelines/bad.yaml"])
         XCTAssertEqual(status, 2)
         XCTAssertEqual(out, "")
-        XCTAssertEqual(err, "Pipelines/bad.yaml:5:5: error: unknown key 'param' in a stage (allowed: name, run, description, inputs, params, outputs)\n")
+        XCTAssertEqual(err, "Pipelines/bad.yaml:5:5: error: unknown key 'param' in a stage (allowed: name, run, description, inputs, params, outputs, shards)\n")
         XCTAssertEqual(ws.started(), [])
         XCTAssertNil(FileStamp.of(ws.path("A")))
     }

@@ -151,4 +151,121 @@ final class SnakemakeExportTests: XCTestCase {
         let metrics = try JSONValue.parse(XCTUnwrap(bySnakemake.read("Artifacts/ci/eval-seg.json")).data(using: .utf8)!)
         guard case .object(let fields) = metrics, case .some = fields["miou"] else { return XCTFail("no miou in eval-seg.json") }
     }
+
+    /// A `shards: 3` stage is 3 shard rules (`--shard I/3`) and a merge rule under the stage's name
+    /// (`--merge-shards 3` with each shard's outputs as `--part`); Snakemake runs them to the bytes
+    /// `wsss run` writes, shard files included.
+    func testShardedStageExportsAsShardRulesAndAMergeRule() throws {
+        let pipeline = ShardRunnerTests.pipeline(shards: 3)
+        let workspace = try makeWorkspace()
+        try workspace.write("hello\n", to: "data/raw.txt")
+        try workspace.write(pipeline, to: "Pipelines/p.yaml")
+        let (status, out, err) = try export(workspace, "Pipelines/p.yaml")
+        XCTAssertEqual(status, 0, out + err)
+        XCTAssertTrue(out.contains("6 rules"), out)
+        let snakefile = try XCTUnwrap(workspace.read("Artifacts/snakemake/Snakefile"))
+        for expected in ["rule split_shard0of3:", "rule split_shard2of3:", "rule split:", "--shard 1/3", "--merge-shards 3",
+                         "out_part2=\"Artifacts/t/split.shard-2-of-3.txt\"", "--part out.2={input.out_part2:q}"] {
+            XCTAssertTrue(snakefile.contains(expected), "\(expected) missing from:\n\(snakefile)")
+        }
+        let run = try snakemake(workspace, ["--cores", "2"])
+        XCTAssertEqual(run.status, 0, run.output)
+        XCTAssertEqual(workspace.started().sorted(), ["after", "first", "split merge 3", "split shard 0/3", "split shard 1/3", "split shard 2/3"])
+
+        let reference = try makeWorkspace()
+        try reference.write("hello\n", to: "data/raw.txt")
+        try reference.write(pipeline, to: "Pipelines/p.yaml")
+        XCTAssertTrue(try reference.run("Pipelines/p.yaml").succeeded)
+        let (_, bound) = try reference.load("Pipelines/p.yaml")
+        XCTAssertEqual(bound.stages.count, 6)
+        for stage in bound.stages {
+            for output in stage.decl.outputs {
+                let ours = FileManager.default.contents(atPath: reference.path(output.path))
+                XCTAssertNotNil(ours, output.path)
+                XCTAssertTrue(ours == FileManager.default.contents(atPath: workspace.path(output.path)), "\(output.path) differs between wsss run and snakemake")
+            }
+        }
+    }
+
+    /// ci.yaml's stages up to the pseudo labels' evaluation, with every per-image stage in 3 shards:
+    /// each sharded stage's merged outputs equal the unsharded run's (arrays, metrics, pictures),
+    /// and the exported Snakefile run by `snakemake --cores 2` writes the bytes `wsss run` writes.
+    func testShardedCIStagesEqualUnshardedAndUnderSnakemake() throws {
+        let ci = try String(contentsOf: Repository.root.appendingPathComponent("Pipelines/ci.yaml"), encoding: .utf8)
+        let sharded = ["attention", "refine", "pseudo", "eval-seeds", "eval-refined", "eval-pseudo"]
+        let kept = ["data", "classifier"] + sharded
+        let blocks = ci.components(separatedBy: "\n  - name: ")
+        var plain = blocks[0], withShards = blocks[0]
+        for block in blocks.dropFirst() {
+            let name = String(block.prefix { !$0.isNewline })
+            guard kept.contains(name) else { continue }
+            let text = block.components(separatedBy: "\n\n  #")[0].trimmingCharacters(in: .newlines) + "\n"
+            plain += "\n  - name: " + text
+            withShards += "\n  - name: " + (sharded.contains(name) ? text.replacingOccurrences(of: "\n    run: ", with: "\n    shards: 3\n    run: ") : text)
+        }
+        let byRunner = try makeWorkspace(), bySnakemake = try makeWorkspace()
+        for workspace in [byRunner, bySnakemake] {
+            try workspace.write(plain, to: "Pipelines/plain.yaml")
+            try workspace.write(withShards, to: "Pipelines/sharded.yaml")
+            try FileManager.default.createDirectory(atPath: workspace.path("Artifacts/pretrained"), withIntermediateDirectories: true)
+            try FileManager.default.copyItem(atPath: StemFixture.path, toPath: workspace.path("Artifacts/pretrained/efficientnet-lite0-stem.h5"))
+        }
+        let unshardedRun = try byRunner.wsss(["run", "Pipelines/plain.yaml", "-j", "2"])
+        XCTAssertEqual(unshardedRun.0, 0, unshardedRun.1 + unshardedRun.2)
+        let (_, plainBound) = try byRunner.load("Pipelines/plain.yaml")
+        var unsharded: [String: Data] = [:]
+        for stage in plainBound.stages { for output in stage.decl.outputs { unsharded[output.path] = FileManager.default.contents(atPath: byRunner.path(output.path)) } }
+        let saved = byRunner.path("unsharded")
+        try FileManager.default.createDirectory(atPath: saved, withIntermediateDirectories: true)
+
+        let shardedRun = try byRunner.wsss(["run", "Pipelines/sharded.yaml", "-j", "2"])
+        XCTAssertEqual(shardedRun.0, 0, shardedRun.1 + shardedRun.2)
+        let lines = shardedRun.1.split(separator: "\n")
+        for upstream in ["data ", "classifier "] {
+            XCTAssertTrue(lines.contains { $0.hasPrefix(upstream) && $0.hasSuffix(")") && $0.contains(" cached") }, shardedRun.1)
+        }
+        XCTAssertTrue(shardedRun.1.contains("attention[2/3]"), shardedRun.1)
+        let (_, shardedBound) = try byRunner.load("Pipelines/sharded.yaml")
+        var pairs: [String] = []
+        for stage in shardedBound.stages where sharded.contains(stage.name) {
+            for output in stage.decl.outputs {
+                let before = try XCTUnwrap(unsharded[output.path], output.path)
+                let after = try XCTUnwrap(FileManager.default.contents(atPath: byRunner.path(output.path)), output.path)
+                switch (output.path as NSString).pathExtension {
+                case "h5":
+                    let copy = saved + "/" + (output.path as NSString).lastPathComponent
+                    try before.write(to: URL(fileURLWithPath: copy))
+                    pairs += [byRunner.path(output.path), copy]
+                case "json" where stage.name == "refine":
+                    // The report names its inputs by content hash: downstream of a merge (which lists
+                    // its shards) those differ; everything else must not.
+                    func withoutHashes(_ data: Data) throws -> JSONValue {
+                        guard case .object(var fields) = try JSONValue.parse(data) else { return .null }
+                        fields["seeds"] = nil
+                        fields["attention"] = nil
+                        return .object(fields)
+                    }
+                    XCTAssertEqual(try withoutHashes(after), try withoutHashes(before), output.path)
+                default:
+                    XCTAssertTrue(after == before, "\(output.path): the sharded run's file differs from the unsharded one")
+                }
+            }
+        }
+        // `inputs`: the content hashes of a stage's inputs differ downstream of a merged artifact.
+        let script = Repository.root.appendingPathComponent("Tests/Fixtures/compare_artifacts.py").path
+        let compared = try ProcessRunner.run(URL(fileURLWithPath: try Repository.python), [script, "--ignore=inputs"] + pairs)
+        XCTAssertEqual(compared.status, 0, compared.output)
+
+        XCTAssertEqual(try export(bySnakemake, "Pipelines/sharded.yaml").0, 0)
+        let snake = try snakemake(bySnakemake, ["--cores", "2"])
+        XCTAssertEqual(snake.status, 0, snake.output)
+        for stage in shardedBound.stages {
+            for output in stage.decl.outputs {
+                let ours = FileManager.default.contents(atPath: byRunner.path(output.path))
+                XCTAssertNotNil(ours, output.path)
+                XCTAssertTrue(ours == FileManager.default.contents(atPath: bySnakemake.path(output.path)),
+                              "\(stage.name).\(output.name) (\(output.path)) differs between wsss run and snakemake")
+            }
+        }
+    }
 }

@@ -82,10 +82,95 @@ final class ShardStageTests: XCTestCase {
         let bad = try pseudoLabel(cams: path("cams.h5"), dataset: dataset, labels: path("l.h5"), shard: "2/2")
         XCTAssertNotEqual(bad.status, 0)
         XCTAssertTrue(bad.stderr.contains("--shard expects I/N"), bad.stderr)
-        let unshardable = try StageHarness.run("evaluate", ["--in", "dataset=\(dataset)", "--in", "subject=\(path("l0.h5"))", "--shard", "0/2",
-                                                          "--out", "metrics=\(path("m.h5"))", "--out", "metrics_json=\(path("m.json"))",
-                                                          "--out", "panels=\(path("p.png"))", "--out", "confusion=\(path("c.svg"))"])
+        let unshardable = try StageHarness.run("prepare-data", ["--shard", "0/2", "--out", "dataset=\(path("d.h5"))", "--out", "contact_sheet=\(path("d.png"))"])
         XCTAssertNotEqual(unshardable.status, 0)
         XCTAssertTrue(unshardable.stderr.contains("does not split into shards"), unshardable.stderr)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: path("d.h5")))
+
+        // A merge without every part of every output is refused before anything is written.
+        let stage = StageHarness.binFolder.appendingPathComponent("pseudo-label")
+        let merge = try ProcessRunner.run(stage, ["--merge-shards", "2", "--in", "dataset=\(dataset)", "--in", "cams=\(path("cams.h5"))",
+                                                  "--part", "labels.0=\(path("l0.h5"))", "--part", "samples.0=\(path("l0.h5.png"))",
+                                                  "--out", "labels=\(path("m.h5"))", "--out", "samples=\(path("m.png"))"])
+        XCTAssertNotEqual(merge.status, 0)
+        XCTAssertEqual(merge.stderr, "error: pseudo-label: missing part: pass --part labels.1=PATH (output 'labels' of shard 1/2)\n")
+        // A part that is not a shard of the same run: the merge names it and writes nothing.
+        XCTAssertEqual(try pseudoLabel(cams: path("cams.h5"), dataset: dataset, labels: path("l1.h5"), shard: "1/2").status, 0)
+        let foreign = try ProcessRunner.run(stage, ["--merge-shards", "2", "--in", "dataset=\(dataset)", "--in", "cams=\(path("cams.h5"))",
+                                                    "--part", "labels.0=\(path("l0.h5"))", "--part", "labels.1=\(path("cams.h5"))",
+                                                    "--part", "samples.0=\(path("l0.h5.png"))", "--part", "samples.1=\(path("l1.h5.png"))",
+                                                    "--out", "labels=\(path("m.h5"))", "--out", "samples=\(path("m.png"))"])
+        XCTAssertNotEqual(foreign.status, 0)
+        XCTAssertTrue(foreign.stderr.contains(path("cams.h5") + ": is not a shard"), foreign.stderr)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: path("m.h5")))
+        XCTAssertFalse(FileManager.default.fileExists(atPath: path("m.png")))
+    }
+
+    // MARK: Every shardable stage, whole and in 3 shards
+
+    /// Runs `stage` whole and as `shards` shards joined by `--merge-shards`, on the same inputs:
+    /// every output must come out the same, HDF5 artifacts array for array and attribute for
+    /// attribute (but the merge's `shards` listing), other files byte for byte. Returns the whole
+    /// run's output paths.
+    @discardableResult
+    func checkShardsMergeToWhole(_ stage: String, inputs: [String: String], outputs: [String: String], params: [String] = [],
+                                 shards: Int = 3) throws -> [String: String] {
+        let executable = StageHarness.binFolder.appendingPathComponent(stage)
+        let common = inputs.keys.sorted().flatMap { ["--in", "\($0)=\(inputs[$0]!)"] } + params.flatMap { ["--param", $0] }
+        func paths(_ tag: String) -> [String: String] {
+            Dictionary(uniqueKeysWithValues: outputs.map { ($0.key, path("\(stage)-\(tag)-\($0.key).\($0.value)")) })
+        }
+        func outs(_ paths: [String: String]) -> [String] { paths.keys.sorted().flatMap { ["--out", "\($0)=\(paths[$0]!)"] } }
+        let environment = ["SOURCE_DATE_EPOCH": "1767225600"]
+        let whole = paths("whole"), merged = paths("merged")
+        let run = try ProcessRunner.run(executable, common + outs(whole), environment: environment)
+        XCTAssertEqual(run.status, 0, run.output)
+        var partArguments: [String] = []
+        for index in 0..<shards {
+            let part = paths("shard\(index)")
+            let result = try ProcessRunner.run(executable, common + outs(part) + ["--shard", "\(index)/\(shards)"], environment: environment)
+            XCTAssertEqual(result.status, 0, result.output)
+            partArguments += part.keys.sorted().flatMap { ["--part", "\($0).\(index)=\(part[$0]!)"] }
+        }
+        let merge = try ProcessRunner.run(executable, common + outs(merged) + partArguments + ["--merge-shards", "\(shards)"], environment: environment)
+        XCTAssertEqual(merge.status, 0, merge.output)
+
+        var pairs: [String] = []
+        for name in outputs.keys.sorted() {
+            if outputs[name] == "h5" {
+                pairs += [merged[name]!, whole[name]!]
+                XCTAssertEqual(try ArtifactReader(path: merged[name]!, kind: nil).root.stringAttribute("shards").components(separatedBy: "sha256:").count,
+                               shards + 1, "\(stage).\(name) lists its shards")
+            } else {
+                XCTAssertTrue(FileManager.default.contents(atPath: merged[name]!) == FileManager.default.contents(atPath: whole[name]!),
+                              "\(stage) output '\(name)': the merged file differs from the unsharded one")
+            }
+        }
+        let script = Repository.root.appendingPathComponent("Tests/Fixtures/compare_artifacts.py").path
+        let compared = try ProcessRunner.run(URL(fileURLWithPath: try Repository.python), [script] + pairs)
+        XCTAssertEqual(compared.status, 0, "\(stage): " + compared.output)
+        return whole
+    }
+
+    /// extract-attention (batches of 4 cut across the shard boundaries), cam-refine (areaM with
+    /// the analysis), pseudo-label, and evaluate of class maps and of label maps: 3 shards and
+    /// their merge give what one run gives. The pictures draw the first 2 images, which shard 0 holds.
+    func testEveryShardableStageMergesToItsUnshardedOutputs() throws {
+        let dataset = try StageHarness.tinyDataset(in: folder, valCount: 13)
+        let train = try StageHarness.run("classify-train", ["--in", "dataset=\(dataset)", "--out", "checkpoint=\(path("classifier.h5"))",
+            "--param", "image_size=32", "--param", "dim=16", "--param", "depth=2", "--param", "heads=2", "--param", "epochs=1", "--param", "batch_size=4"])
+        XCTAssertEqual(train.status, 0, train.output)
+        let seeds = try checkShardsMergeToWhole("extract-attention", inputs: ["dataset": dataset, "checkpoint": path("classifier.h5")],
+                                                outputs: ["cams": "h5", "attention": "h5", "samples": "png"],
+                                                params: ["split=val", "batch_size=4", "samples=2"])
+        let refined = try checkShardsMergeToWhole("cam-refine", inputs: ["cams": seeds["cams"]!, "attention": seeds["attention"]!, "dataset": dataset],
+                                                  outputs: ["cams": "h5", "report": "json", "chart": "svg"], params: ["method=areaM", "analyse=true"])
+        let labels = try checkShardsMergeToWhole("pseudo-label", inputs: ["dataset": dataset, "cams": refined["cams"]!],
+                                                 outputs: ["labels": "h5", "samples": "png"], params: ["samples=2"])
+        for subject in [seeds["cams"]!, labels["labels"]!] {
+            try checkShardsMergeToWhole("evaluate", inputs: ["dataset": dataset, "subject": subject],
+                                        outputs: ["metrics": "h5", "metrics_json": "json", "panels": "png", "confusion": "svg"], params: ["panels=2"])
+            // (each call overwrites the previous subject's files: the comparison is done by then)
+        }
     }
 }
