@@ -313,7 +313,12 @@ public final class Runner: @unchecked Sendable {
 
         let selected = options.until.map { pipeline.withAncestors($0) }
         let forced = pipeline.jobs(of: options.force)
-        var pending = pipeline.stages.filter { selected?.contains($0.name) ?? true }
+        // Jobs in dependency order; `taken` marks those started, `firstOpen` the first not yet
+        // started, so that finding a ready job does not rescan the started ones (linear runs of
+        // large pipelines).
+        let pending = pipeline.stages.filter { selected?.contains($0.name) ?? true }
+        var taken = [Bool](repeating: false, count: pending.count)
+        var firstOpen = 0
         let width = pending.map(\.name.count).max() ?? 0
         func label(_ name: String) -> String { name.padding(toLength: width, withPad: " ", startingAt: 0) }
 
@@ -358,13 +363,17 @@ public final class Runner: @unchecked Sendable {
                 complete(item.0, parts: item.1, reasons: item.2, start: item.3, result: item.4)
             }
             if !done.isEmpty { continue }
-            if (stop || pending.isEmpty) && running == 0 { break }
-            let readyIndex = stop ? nil : pending.firstIndex { $0.decl.upstream.isSubset(of: Set(known.keys)) }
+            while firstOpen < pending.count && taken[firstOpen] { firstOpen += 1 }
+            if (stop || firstOpen == pending.count) && running == 0 { break }
+            let readyIndex = stop ? nil : (firstOpen..<pending.count).first { index in
+                !taken[index] && pending[index].decl.upstream.allSatisfy { known[$0] != nil }
+            }
             if readyIndex == nil && running == 0 && !stop {
-                throw RunnerError("internal: no stage of \(pending.map(\.name)) can start")
+                throw RunnerError("internal: no stage of \(pending.indices.filter { !taken[$0] }.map { pending[$0].name }) can start")
             }
             if let index = readyIndex, running < max(options.jobs, 1) {
-                let stage = pending.remove(at: index)
+                taken[index] = true
+                let stage = pending[index]
                 let start = Date()
                 do {
                     let evaluation = try evaluate(stage, in: pipeline, known: known, force: forced.contains(stage.name))
