@@ -18,6 +18,8 @@ public struct StageDescription: Codable, Sendable {
     /// Which numeric parameters take whole numbers, and the declared ranges (absent from older stages).
     public var param_kinds: [String: ParameterKind]?
     public var param_rules: [String: ParameterRule]?
+    /// The values each choice parameter accepts (absent from older stages).
+    public var param_choices: [String: [String]]?
 
     public struct Resources: Codable, Sendable {
         public var threads: Int
@@ -127,6 +129,10 @@ extension Runner {
                 if let problem = ParameterCheck.problem(key: key, numbers: value.numbers, kind: description.param_kinds?[key],
                                                         rule: description.param_rules?[key], shown: value.canonical) {
                     errors.append(PipelineError(at, "\(label): \(problem)"))
+                    continue
+                }
+                if case .string(let text) = value, let choices = description.param_choices?[key], !choices.contains(text) {
+                    errors.append(PipelineError(at, "\(label): parameter '\(key)' is invalid: '\(text)' is not one of \(choices.joined(separator: ", "))"))
                     continue
                 }
                 params[key] = value
