@@ -145,6 +145,16 @@ final class BadInputSuiteTests: XCTestCase {
         f["json_list"] = try write("list.json", Data("[1, 2]".utf8))
         f["json_fraction"] = try write("fraction.json", Data("{\"panels\": 2.5}".utf8))
         f["missing"] = path("no-such-file.h5")
+        // An HDF5 file that is no artifact, and a cams artifact of a format version from the future.
+        f["plain_h5"] = path("plain.h5")
+        let plain = try HDF5File.create(f["plain_h5"]!)
+        try plain.root.setAttribute("note", "an HDF5 file, not an artifact")
+        plain.close()
+        f["future_cams"] = path("future-cams.h5")
+        try FileManager.default.copyItem(atPath: f["cams"]!, toPath: f["future_cams"]!)
+        let future = try HDF5File.open(f["future_cams"]!, writable: true)
+        try future.root.setAttribute("format_version", Int64(99))
+        future.close()
         f["no_names"] = try write("no-names.txt", Data())
         f["three_names"] = try write("three-names.txt", Data("a\nb\nc\n".utf8))
         f["ten_names"] = try write("ten-names.txt", Data((0..<10).map { "class\($0)\n" }.joined().utf8))
@@ -298,6 +308,8 @@ final class BadInputSuiteTests: XCTestCase {
         Case(stage: "pseudo-label", ins: ["dataset": "$other"], expect: ["$cams: was made from another dataset", "than $other"], sentinel: "labels"),
         Case(stage: "pseudo-label", ins: ["cams": "$labels"], expect: ["$labels: expected an artifact of kind 'cams', found kind 'labels'"]),
         Case(stage: "pseudo-label", ins: ["cams": "$random"], expect: ["$random: not an HDF5 file"]),
+        Case(stage: "pseudo-label", ins: ["cams": "$plain_h5"], expect: ["$plain_h5: not an artifact (no 'kind' attribute)"]),
+        Case(stage: "pseudo-label", ins: ["cams": "$future_cams"], expect: ["$future_cams: artifact of kind 'cams' has format version 99; this build reads version 1"], sentinel: "labels"),
         Case(stage: "pseudo-label", ins: ["cams": "$folder"], expect: ["$folder: is a directory, not an HDF5 file"]),
         Case(stage: "pseudo-label", params: ["high_background=1.5"], expect: ["parameter 'high_background' must be in [0, 1], got 1.5"]),
         Case(stage: "pseudo-label", params: ["low_background=0.6"], expect: ["low_background (0.6) must be below high_background (0.55)"], sentinel: "samples"),
@@ -348,6 +360,19 @@ final class BadInputSuiteTests: XCTestCase {
         Case(stage: "evaluate", ins: ["subject": "$attention"], expect: ["$attention: evaluate scores artifacts of kind", "found kind 'attention'"]),
         Case(stage: "evaluate", ins: ["subject": "$dataset"], expect: ["$dataset: evaluate scores artifacts of kind", "found kind 'dataset'"]),
         Case(stage: "evaluate", ins: ["subject": "$half"], expect: ["$half: HDF5 file is truncated or corrupt"]),
+        Case(stage: "evaluate", ins: ["subject": "$plain_h5"], expect: ["$plain_h5: not an artifact (no 'kind' attribute)"]),
+        Case(stage: "evaluate", ins: ["dataset": "$plain_h5"], expect: ["$plain_h5: not an artifact (no 'kind' attribute)"]),
+        Case(stage: "cam-refine", ins: ["cams": "$future_cams"], expect: ["$future_cams: artifact of kind 'cams' has format version 99"]),
+        Case(stage: "seg-train", ins: ["init": "$plain_h5"], expect: ["$plain_h5: not an artifact"]),
+        Case(stage: "extract-attention", params: ["scales=[]"], expect: ["scales must be a non-empty list of positive numbers, got []"]),
+        Case(stage: "classify-train", params: ["norm_mean=[0.5]"], expect: ["norm_mean and norm_std need 3 values each"]),
+        Case(stage: "classify-train", params: ["image_size=30"], expect: ["invalid ViT config: image_size 30 not divisible by patch_size 8"]),
+        Case(stage: "classify-train", params: ["frozen_blocks=3"], expect: ["frozen_blocks 3 exceeds the model's 1 blocks"]),
+        Case(stage: "classify-train", params: ["lr=null"], expect: ["parameter 'lr' has the wrong type"]),
+        Case(stage: "seg-train", params: ["heads=3"], expect: ["invalid ViT config: dim 16 not divisible by heads 3"], sentinel: "checkpoint"),
+        Case(stage: "seg-train", params: ["stem=bogus"], expect: ["stem 'bogus' is neither patch nor a known pretrained stem"]),
+        Case(stage: "cam-refine", params: ["method=acr", "acr_start_layer=5"], expect: ["acr_start_layer: layer 5 does not exist"]),
+        Case(stage: "pseudo-label", extra: ["--shard", "0/0"], expect: ["--shard expects I/N with 0 <= I < N, got '0/0'"]),
         Case(stage: "evaluate", ins: ["subject": ""], expect: ["input 'subject': the path is empty"]),
         Case(stage: "evaluate", params: ["panels=-1"], expect: ["parameter 'panels' must be >= 0, got -1"]),
         Case(stage: "evaluate", params: ["threshold_stop=2"], expect: ["parameter 'threshold_stop' must be in [0, 1], got 2"]),
