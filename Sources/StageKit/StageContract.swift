@@ -305,6 +305,18 @@ public enum StageMain {
         }
     }
 
+    /// Whether two paths name one file: the same path once links are resolved, or (for files that
+    /// exist) the same inode on the same device, which hard links share.
+    static func sameFile(_ a: String, _ b: String) -> Bool {
+        func resolved(_ path: String) -> String { URL(fileURLWithPath: path).resolvingSymlinksInPath().standardizedFileURL.path }
+        if resolved(a) == resolved(b) { return true }
+        let manager = FileManager.default
+        guard let x = try? manager.attributesOfItem(atPath: a), let y = try? manager.attributesOfItem(atPath: b),
+              let inodeX = x[.systemFileNumber] as? NSNumber, let inodeY = y[.systemFileNumber] as? NSNumber,
+              let deviceX = x[.systemNumber] as? NSNumber, let deviceY = y[.systemNumber] as? NSNumber else { return false }
+        return inodeX == inodeY && deviceX == deviceY
+    }
+
     static func describe<P: StageParameters>(_ spec: StageSpec, defaults: P) throws -> String {
         let object: [String: Any] = [
             "name": spec.name, "version": spec.version, "summary": spec.summary,
@@ -348,6 +360,12 @@ public enum StageMain {
                 throw StageError("outputs '\(other)' and '\(name)' are both given the path \(outputs[name]!): each output needs its own file")
             }
             outputByPath[path] = name
+        }
+        // An output at an input's path would replace the input when the outputs are placed.
+        for input in inputs.keys.sorted() {
+            for output in outputs.keys.sorted() where sameFile(inputs[input]!, outputs[output]!) {
+                throw StageError("output '\(output)' is given the path of input '\(input)', \(outputs[output]!): the stage would replace what it reads; write it elsewhere")
+            }
         }
         do {
             _ = try Provenance.sourceDateEpoch()

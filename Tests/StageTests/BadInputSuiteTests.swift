@@ -150,6 +150,8 @@ final class BadInputSuiteTests: XCTestCase {
         let plain = try HDF5File.create(f["plain_h5"]!)
         try plain.root.setAttribute("note", "an HDF5 file, not an artifact")
         plain.close()
+        f["cams_link"] = path("cams-link.h5")
+        try FileManager.default.linkItem(atPath: f["cams"]!, toPath: f["cams_link"]!)
         f["future_cams"] = path("future-cams.h5")
         try FileManager.default.copyItem(atPath: f["cams"]!, toPath: f["future_cams"]!)
         let future = try HDF5File.open(f["future_cams"]!, writable: true)
@@ -372,6 +374,10 @@ final class BadInputSuiteTests: XCTestCase {
         Case(stage: "seg-train", params: ["heads=3"], expect: ["invalid ViT config: dim 16 not divisible by heads 3"], sentinel: "checkpoint"),
         Case(stage: "seg-train", params: ["stem=bogus"], expect: ["stem 'bogus' is neither patch nor a known pretrained stem"]),
         Case(stage: "cam-refine", params: ["method=acr", "acr_start_layer=5"], expect: ["acr_start_layer: layer 5 does not exist"]),
+        Case(stage: "pseudo-label", ins: ["cams": "$out/labels.h5"], expect: ["output 'labels' is given the path of input 'cams', $out/labels.h5: the stage would replace what it reads"], sentinel: "labels"),
+        Case(stage: "evaluate", outs: ["metrics": "$cams"], expect: ["output 'metrics' is given the path of input 'subject', $cams"]),
+        Case(stage: "evaluate", outs: ["metrics": "$cams_link"], expect: ["output 'metrics' is given the path of input 'subject', $cams_link"]),
+        Case(stage: "classify-train", ins: ["init": "$out/checkpoint.h5"], expect: ["output 'checkpoint' is given the path of input 'init'"], sentinel: "checkpoint"),
         Case(stage: "pseudo-label", extra: ["--shard", "0/0"], expect: ["--shard expects I/N with 0 <= I < N, got '0/0'"]),
         Case(stage: "evaluate", ins: ["subject": ""], expect: ["input 'subject': the path is empty"]),
         Case(stage: "evaluate", params: ["panels=-1"], expect: ["parameter 'panels' must be >= 0, got -1"]),
