@@ -111,6 +111,11 @@ extension Runner {
                 errors.append(PipelineError(output.location,
                     "\(label): \(stage.run) has no output '\(output.name)' (it writes: \(Self.list(description.outputs)))"))
             }
+            for output in stage.outputs {
+                if let problem = StageMain.outputPathProblem(workspace.path(output.path)) {
+                    errors.append(PipelineError(output.location, "output '\(output.name)' of \(label): \(output.path): \(problem)"))
+                }
+            }
             for name in description.outputs where !stage.outputs.contains(where: { $0.name == name }) {
                 errors.append(PipelineError(stage.location, "\(label): \(stage.run) writes output '\(name)'; give it a path under 'outputs:'"))
             }

@@ -287,7 +287,8 @@ public enum StageMain {
 
     /// Why `path` cannot receive an output file, or nil: an empty path, a folder at the path, or
     /// a regular file where a folder above it should be (missing folders are created on commit).
-    static func outputPathProblem(_ path: String) -> String? {
+    /// The stages check their outputs with it before any work, `wsss` a pipeline's outputs.
+    public static func outputPathProblem(_ path: String) -> String? {
         guard !path.isEmpty else { return "the path is empty" }
         let manager = FileManager.default
         var isFolder: ObjCBool = false

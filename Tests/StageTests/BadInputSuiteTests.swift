@@ -479,6 +479,9 @@ final class BadInputSuiteTests: XCTestCase {
         RunnerCase(name: "outside", yaml: "name: x\nstages:\n  - name: data\n    run: prepare-data\n    outputs: {dataset: /tmp/d.h5, contact_sheet: ../d.png}\n",
                    arguments: run("outside"), lines: [["$file:5:24: error: output 'dataset' of stage 'data': '/tmp/d.h5' must be a file path inside the workspace"],
                                                       ["$file:5:50: error: output 'contact_sheet' of stage 'data': '../d.png' must be a file path inside the workspace"]]),
+        RunnerCase(name: "outplace", yaml: "name: x\nstages:\n  - name: data\n    run: prepare-data\n    outputs: {dataset: Artifacts/a-folder.h5, contact_sheet: Pipelines/yaml.yaml/d.png}\n",
+                   arguments: run("outplace"), lines: [["$file:5:24: error: output 'dataset' of stage 'data': Artifacts/a-folder.h5: is a folder, not a file"],
+                                                       ["$file:5:62: error: output 'contact_sheet' of stage 'data': Pipelines/yaml.yaml/d.png:", "Pipelines/yaml.yaml is not a folder"]]),
         RunnerCase(name: "unkin", yaml: "name: x\nstages:\n  - name: data\n    run: prepare-data\n    inputs: {bogus: ./Pipelines/yaml.yaml}\n    \(dataOutputs)\n",
                    arguments: run("unkin"), lines: [["$file:5:21: error: stage 'data': prepare-data has no input 'bogus' (it reads: nothing)"]]),
         RunnerCase(name: "good", yaml: goodPipeline + "\n", arguments: run("good", ["--workspace", "$root/no-such-workspace"]), status: 1,
@@ -535,6 +538,7 @@ final class BadInputSuiteTests: XCTestCase {
         try FileManager.default.createDirectory(atPath: workspace + "/Pipelines", withIntermediateDirectories: true)
         try FileManager.default.createDirectory(atPath: workspace + "/Artifacts", withIntermediateDirectories: true)
         try Data("sentinel: the previous dataset\n".utf8).write(to: URL(fileURLWithPath: workspace + "/Artifacts/d.h5"))
+        try FileManager.default.createDirectory(atPath: workspace + "/Artifacts/a-folder.h5", withIntermediateDirectories: true)
         try Data([0xff, 0xfe, 0x00, 0x9c, 0x80]).write(to: URL(fileURLWithPath: workspace + "/Pipelines/binary.yaml"))
         let wsss = StageHarness.binFolder.appendingPathComponent("wsss")
         for c in Self.runnerCases {
