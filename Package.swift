@@ -55,7 +55,7 @@ let package = Package(
         .target(name: "Imaging", dependencies: ["CPNG", "CJPEG", "Primitives"], swiftSettings: fastMath),
         .target(name: "Datasets", dependencies: ["ArtifactStore", "Imaging", "CZlib", "Primitives"], swiftSettings: fastMath),
         .target(name: "StageKit", dependencies: [
-            "ArtifactStore",
+            "ArtifactStore", "Primitives",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),

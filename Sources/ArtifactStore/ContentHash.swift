@@ -4,7 +4,9 @@ import Foundation
 public enum ContentHash {
     /// SHA-256 of a file's bytes as "sha256:<hex>", read in 4 MiB blocks.
     public static func ofFile(_ path: String) throws -> String {
-        guard let handle = FileHandle(forReadingAtPath: path) else { throw StoreError(path: path, "cannot read file to hash it") }
+        guard let handle = FileHandle(forReadingAtPath: path) else {
+            throw StoreError(path: path, FileManager.default.fileExists(atPath: path) ? "cannot read file to hash it" : "no such file")
+        }
         defer { try? handle.close() }
         var hasher = SHA256()
         while true {

@@ -7,9 +7,17 @@ extension ParameterChoice {
         let container = try decoder.singleValueContainer()
         let text = try container.decode(String.self)
         guard let value = Self(rawValue: text) else {
-            throw DecodingError.dataCorruptedError(
-                in: container, debugDescription: "'\(text)' is not one of \(Self.allCases.map(\.rawValue).joined(separator: ", "))")
+            let choices = Self.allCases.map(\.rawValue)
+            throw DecodingError.dataCorrupted(DecodingError.Context(
+                codingPath: container.codingPath, debugDescription: "'\(text)' is not one of \(choices.joined(separator: ", "))",
+                underlyingError: InvalidChoice(choices: choices)))
         }
         self = value
     }
+}
+
+/// What a ParameterChoice's refusal carries (as the decoding error's underlying error): the values
+/// it accepts, so that `--describe` can list them and the runner check a pipeline's value.
+public struct InvalidChoice: Error {
+    public let choices: [String]
 }

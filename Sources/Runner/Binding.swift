@@ -20,6 +20,8 @@ public struct StageDescription: Codable, Sendable {
     public var param_rules: [String: ParameterRule]?
     /// Whether `--shard I/N` and `--merge-shards N` work (absent from stages built before shards).
     public var shardable: Bool?
+    /// The values each choice parameter accepts (absent from older stages).
+    public var param_choices: [String: [String]]?
 
     public struct Resources: Codable, Sendable {
         public var threads: Int
@@ -152,6 +154,11 @@ extension Runner {
                 errors.append(PipelineError(output.location,
                     "\(label): \(stage.run) has no output '\(output.name)' (it writes: \(Self.list(description.outputs)))"))
             }
+            for output in stage.outputs {
+                if let problem = StageMain.outputPathProblem(workspace.path(output.path)) {
+                    errors.append(PipelineError(output.location, "output '\(output.name)' of \(label): \(output.path): \(problem)"))
+                }
+            }
             for name in description.outputs where !stage.outputs.contains(where: { $0.name == name }) {
                 errors.append(PipelineError(stage.location, "\(label): \(stage.run) writes output '\(name)'; give it a path under 'outputs:'"))
             }
@@ -170,6 +177,10 @@ extension Runner {
                 if let problem = ParameterCheck.problem(key: key, numbers: value.numbers, kind: description.param_kinds?[key],
                                                         rule: description.param_rules?[key], shown: value.canonical) {
                     errors.append(PipelineError(at, "\(label): \(problem)"))
+                    continue
+                }
+                if case .string(let text) = value, let choices = description.param_choices?[key], !choices.contains(text) {
+                    errors.append(PipelineError(at, "\(label): parameter '\(key)' is invalid: '\(text)' is not one of \(choices.joined(separator: ", "))"))
                     continue
                 }
                 params[key] = value

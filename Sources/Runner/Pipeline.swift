@@ -142,8 +142,11 @@ public enum PipelineParser {
 
     static func readText(file: String, shown: String) throws -> String {
         var isDirectory: ObjCBool = false
-        guard FileManager.default.fileExists(atPath: file, isDirectory: &isDirectory), !isDirectory.boolValue else {
+        guard FileManager.default.fileExists(atPath: file, isDirectory: &isDirectory) else {
             throw PipelineErrors([PipelineError(SourceLocation(file: shown), "no such pipeline file")])
+        }
+        guard !isDirectory.boolValue else {
+            throw PipelineErrors([PipelineError(SourceLocation(file: shown), "is a folder, not a pipeline file")])
         }
         guard let data = FileManager.default.contents(atPath: file) else {
             throw PipelineErrors([PipelineError(SourceLocation(file: shown), "cannot read pipeline file")])

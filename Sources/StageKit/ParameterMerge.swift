@@ -1,4 +1,5 @@
 import Foundation
+import Primitives
 
 /// Layers JSON objects over a parameter struct's defaults and decodes the result, refusing keys
 /// the struct does not have, so a misspelt parameter is an error rather than silently ignored.
@@ -42,6 +43,24 @@ public enum ParameterMerge {
             }
         }
         return kinds
+    }
+
+    /// The accepted values of each choice parameter (a ParameterChoice), found by decoding a value
+    /// that is none of them: the refusal names them.
+    public static func choices<P: StageParameters>(_ type: P.Type) throws -> [String: [String]] {
+        let defaults = try jsonObject(P())
+        var choices: [String: [String]] = [:]
+        for (key, value) in defaults where value is String {
+            var probe = defaults
+            probe[key] = "\u{1}not a choice"
+            guard let data = try? JSONSerialization.data(withJSONObject: probe) else { continue }
+            do {
+                _ = try JSONDecoder().decode(P.self, from: data)
+            } catch let DecodingError.dataCorrupted(context) {
+                if let invalid = context.underlyingError as? InvalidChoice { choices[key] = invalid.choices }
+            } catch {}
+        }
+        return choices
     }
 
     /// A value as the user wrote it, for messages.

@@ -246,7 +246,7 @@ public enum StageMain {
                                                body: (StageContext<P>) throws -> Void) -> Never {
         precondition(spec.shardable == (merge != nil), "\(spec.name): a shardable stage needs a merge, and only a shardable one has one")
         LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
-        let options = StageOptions.parseOrExit()
+        let options = parseOptions(spec)
         var context: StageContext<P>?
         var mergeContext: ShardMergeContext<P>?
         do {
@@ -283,13 +283,60 @@ public enum StageMain {
 
     /// For stages whose work lands in a later issue: accepts the contract, then refuses honestly.
     public static func notImplemented(_ spec: StageSpec, plannedIn issue: String) -> Never {
-        let options = StageOptions.parseOrExit()
+        let options = parseOptions(spec)
         if options.describe {
             print((try? describe(spec, defaults: EmptyParameters())) ?? "{}")
             exit(0)
         }
         FileHandle.standardError.write(Data("error: \(spec.name) is not implemented yet (\(issue))\n".utf8))
         exit(2)
+    }
+
+    /// The contract's arguments; a command line they do not parse (an unknown flag, a flag without
+    /// its value) ends like every other failure: one line `error: <stage>: ...`, status 1. `--help`
+    /// prints the help and exits 0.
+    static func parseOptions(_ spec: StageSpec) -> StageOptions {
+        do {
+            return try StageOptions.parse()
+        } catch {
+            if StageOptions.exitCode(for: error).isSuccess { StageOptions.exit(withError: error) }
+            let message = StageOptions.message(for: error).split(separator: "\n").first.map(String.init) ?? "\(error)"
+            FileHandle.standardError.write(Data("error: \(spec.name): \(message) (see --help)\n".utf8))
+            exit(1)
+        }
+    }
+
+    /// Why `path` cannot receive an output file, or nil: an empty path, a folder at the path, or
+    /// a regular file where a folder above it should be (missing folders are created on commit).
+    /// The stages check their outputs with it before any work, `wsss` a pipeline's outputs.
+    public static func outputPathProblem(_ path: String) -> String? {
+        guard !path.isEmpty else { return "the path is empty" }
+        let manager = FileManager.default
+        var isFolder: ObjCBool = false
+        if manager.fileExists(atPath: path, isDirectory: &isFolder), isFolder.boolValue { return "is a folder, not a file" }
+        var folder = URL(fileURLWithPath: path).deletingLastPathComponent()
+        while true {
+            if manager.fileExists(atPath: folder.path, isDirectory: &isFolder) {
+                if !isFolder.boolValue { return "\(folder.path) is not a folder" }
+                if !manager.isWritableFile(atPath: folder.path) { return "folder \(folder.path) is not writable" }
+                return nil
+            }
+            let parent = folder.deletingLastPathComponent()
+            if parent.path == folder.path { return nil }
+            folder = parent
+        }
+    }
+
+    /// Whether two paths name one file: the same path once links are resolved, or (for files that
+    /// exist) the same inode on the same device, which hard links share.
+    static func sameFile(_ a: String, _ b: String) -> Bool {
+        func resolved(_ path: String) -> String { URL(fileURLWithPath: path).resolvingSymlinksInPath().standardizedFileURL.path }
+        if resolved(a) == resolved(b) { return true }
+        let manager = FileManager.default
+        guard let x = try? manager.attributesOfItem(atPath: a), let y = try? manager.attributesOfItem(atPath: b),
+              let inodeX = x[.systemFileNumber] as? NSNumber, let inodeY = y[.systemFileNumber] as? NSNumber,
+              let deviceX = x[.systemNumber] as? NSNumber, let deviceY = y[.systemNumber] as? NSNumber else { return false }
+        return inodeX == inodeY && deviceX == deviceY
     }
 
     static func describe<P: StageParameters>(_ spec: StageSpec, defaults: P) throws -> String {
@@ -299,6 +346,7 @@ public enum StageMain {
             "params": try ParameterMerge.jsonObject(defaults), "resources": spec.resources.jsonObject, "shardable": spec.shardable,
             "param_kinds": try ParameterMerge.kinds(P.self).mapValues(\.rawValue),
             "param_rules": try ParameterMerge.jsonObject(P.rules),
+            "param_choices": try ParameterMerge.choices(P.self),
         ]
         let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes])
         return String(decoding: data, as: UTF8.self)
@@ -353,6 +401,13 @@ public enum StageMain {
         for name in spec.outputs where outputs[name] == nil {
             throw StageError("missing output '\(name)': pass --out \(name)=PATH")
         }
+        for name in (spec.inputs + spec.optionalInputs) where inputs[name]?.isEmpty == true {
+            throw StageError("input '\(name)': the path is empty")
+        }
+        // Checked before any work, so that a bad place fails at once, not after hours of training.
+        for name in spec.outputs {
+            if let problem = outputPathProblem(outputs[name]!) { throw StageError("output '\(name)': \(outputs[name]!): \(problem)") }
+        }
         // Two outputs at one path would overwrite each other (and share a temporary name).
         var outputByPath: [String: String] = [:]
         for name in outputs.keys.sorted() {
@@ -361,6 +416,12 @@ public enum StageMain {
                 throw StageError("outputs '\(other)' and '\(name)' are both given the path \(outputs[name]!): each output needs its own file")
             }
             outputByPath[path] = name
+        }
+        // An output at an input's path would replace the input when the outputs are placed.
+        for input in inputs.keys.sorted() {
+            for output in outputs.keys.sorted() where sameFile(inputs[input]!, outputs[output]!) {
+                throw StageError("output '\(output)' is given the path of input '\(input)', \(outputs[output]!): the stage would replace what it reads; write it elsewhere")
+            }
         }
         do {
             _ = try Provenance.sourceDateEpoch()

@@ -21,7 +21,7 @@ struct Params: StageParameters {
         "classes_min": .atLeast(1), "classes_max": .atLeast(1), "objects_min": .atLeast(1), "objects_max": .atLeast(1),
         "object_min_fraction": .fraction, "object_max_fraction": .fraction, "object_shade_floor": .probability,
         "background_noise": .nonNegative, "max_blobs": .nonNegative, "min_visible_pixels": .nonNegative,
-        "compression_level": .between(0, 22), "contact_sheet_samples": .nonNegative,
+        "compression_level": .between(0, 22), "contact_sheet_samples": .atLeast(1),
     ]
     var source = Source.fashionScenes
     var fashionMNISTDir = ObjectSource.defaultFashionMNISTDirectory

@@ -19,7 +19,7 @@ struct Params: StageParameters {
         "seed": .nonNegative, "alpha_low": .positive, "alpha_high": .positive, "alpha_walk": .positive,
         "constant_background": .probability, "constant_foreground": .probability, "epochs": .atLeast(1),
         "batch_size": .atLeast(1), "lr": .positive, "weight_decay": .nonNegative, "feature_dim": .atLeast(1),
-        "hidden": .atLeast(1), "radius": .atLeast(1), "beta": .positive, "logt": .nonNegative, "samples": .nonNegative,
+        "hidden": .atLeast(1), "radius": .atLeast(1), "beta": .positive, "logt": .between(0, 16), "samples": .nonNegative,
     ]
     var seed = 0
     /// power: background (1 - max M)^alpha_low / ^alpha_high (PSA); constant: fixed scores.

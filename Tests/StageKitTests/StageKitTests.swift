@@ -85,8 +85,15 @@ final class StageContractTests: XCTestCase {
         defer { try? FileManager.default.removeItem(atPath: folder) }
         try FileManager.default.createDirectory(atPath: folder + "/samples.png", withIntermediateDirectories: true)
         try Data("previous report".utf8).write(to: URL(fileURLWithPath: folder + "/report.json"))
-        let ctx = try StageMain.makeContext(twoOutputs, options: try StageOptions.parse(
-            ["--out", "report=\(folder)/report.json", "--out", "samples=\(folder)/samples.png"]), parameters: Knobs.self)
+        let options = try StageOptions.parse(["--out", "report=\(folder)/report.json", "--out", "samples=\(folder)/samples.png"])
+        // A folder at an output path is refused before the stage starts...
+        XCTAssertThrowsError(try StageMain.makeContext(twoOutputs, options: options, parameters: Knobs.self)) { error in
+            XCTAssertEqual("\(error)", "output 'samples': \(folder)/samples.png: is a folder, not a file")
+        }
+        // ...and one that appears while it runs is found when the outputs are placed.
+        try FileManager.default.removeItem(atPath: folder + "/samples.png")
+        let ctx = try StageMain.makeContext(twoOutputs, options: options, parameters: Knobs.self)
+        try FileManager.default.createDirectory(atPath: folder + "/samples.png", withIntermediateDirectories: true)
         let report = ctx.pendingOutput("report")
         try Data("new report".utf8).write(to: URL(fileURLWithPath: report.temporaryPath))
         XCTAssertThrowsError(try ctx.commitOutputs()) { error in
