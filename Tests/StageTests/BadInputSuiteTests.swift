@@ -286,7 +286,7 @@ final class BadInputSuiteTests: XCTestCase {
         Case(stage: "extract-attention", params: ["use_ema=true"], expect: ["$checkpoint: use_ema is set but the checkpoint has no EMA weights"], sentinel: "samples"),
         Case(stage: "extract-attention", params: ["batch_size=100000000"], expect: ["parameter 'batch_size' asks for batches of 100000000 images", "lower it"], sentinel: "cams"),
         Case(stage: "extract-attention", params: ["limit=1.5"], expect: ["parameter 'limit' must be a whole number, got 1.5"]),
-        Case(stage: "extract-attention", extra: ["--shard", "0/2"], expect: ["--shard: this stage does not split into shards"]),
+        Case(stage: "extract-attention", extra: ["--shard", "3/2"], expect: ["--shard expects I/N with 0 <= I < N, got '3/2'"]),
         Case(stage: "extract-attention", outs: ["attention": "$out/cams.h5"], expect: ["outputs 'attention' and 'cams' are both given the path $out/cams.h5"], sentinel: "cams"),
         Case(stage: "extract-attention", ins: ["extra": "$dataset"], expect: ["unknown input 'extra' (this stage reads: dataset, checkpoint)"]),
         Case(stage: "extract-attention", extra: ["--in"], expect: ["Missing value for '--in <in>'"]),
