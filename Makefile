@@ -10,7 +10,7 @@ BIN := .build/release
 # Debug builds keep checks on for tests; the demo and benchmarks run the optimised build.
 SWIFT_BUILD := swift build -c release
 
-.PHONY: help deps build test demo reproduce bench clean pretrained compare
+.PHONY: help deps build test demo reproduce bench clean pretrained compare fuzz
 
 help:
 	@echo "make test       build and run every test (installs what is missing first)"
@@ -18,6 +18,7 @@ help:
 	@echo "make compare    every demo pipeline with 3 seeds: mean and standard deviation per method"
 	@echo "make reproduce  rerun Pipelines/ci.yaml and check its metrics against recorded values"
 	@echo "make bench      Swift vs PyTorch CPU vs onnxruntime at the default ViT-S/14 config (prints RATIO lines)"
+	@echo "make fuzz       libFuzzer+ASan on the file readers, FUZZ_SECONDS each (default 60; not part of test)"
 	@echo "make deps       install apt packages and the Python venv (idempotent)"
 
 # The venv's marker names its package set: a venv made for an older set is topped up.
@@ -115,5 +116,13 @@ reproduce: build $(STEM_WEIGHTS)
 bench: deps $(VIT_WEIGHTS)
 	bash Benchmarks/bench.sh
 
+# Coverage-guided fuzzing of the pipeline parser and the PNG, JPEG, IDX and artifact readers
+# (Fuzz/run.sh; README "Fuzzing"): builds in .build-fuzz, fuzzes a scratch copy of Fuzz/Corpus,
+# prints executions per target and fails when a target found anything.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= pipeline png jpeg idx artifact
+fuzz: deps
+	bash Fuzz/run.sh $(FUZZ_SECONDS) $(FUZZ_TARGETS)
+
 clean:
-	rm -rf .build Artifacts/demo
+	rm -rf .build .build-fuzz Artifacts/demo

@@ -265,7 +265,7 @@ public final class ArtifactWriter {
         try provenance.write(to: root)
         pending.finishing = { [file] in
             try file.flush()
-            file.close()
+            try file.closeChecked()
         }
     }
 
