@@ -44,6 +44,13 @@ private let zstdFilterCallback: H5Z_func_t = { flags, cdCount, cdValues, byteCou
 /// Registers the zstd filter and silences HDF5's own error printing once per process;
 /// every store entry point calls this first. Errors are reported through `StoreError` instead.
 let hdf5Ready: Bool = {
+    // No HDF5 exit handler. When closing a file fails (a full disk: HDF5 cannot write what it
+    // still caches), HDF5 1.10 frees the file but keeps its id, and its exit handler closes that id
+    // again: a use after free, a segfault after the error was reported. Every file written here is
+    // closed explicitly (`ArtifactWriter.commit`) or is a temporary that is deleted, and a file
+    // opened for reading has nothing to flush, so there is nothing for the handler to do.
+    // (Must come before the library initialises; it only sets a flag.)
+    H5dont_atexit()
     H5open()
     wsss_H5_silence_errors()
     var filterClass = H5Z_class2_t(
