@@ -33,6 +33,7 @@ public enum HDF5Limits {
 
 /// An open HDF5 file. Closing happens when the last reference goes away or on `close()`.
 public final class HDF5File {
+    /// The file as messages name it.
     public let path: String
     fileprivate(set) var id: hid_t
 
@@ -41,8 +42,9 @@ public final class HDF5File {
         self.id = id
     }
 
-    /// Creates (truncating) a file.
-    public static func create(_ path: String) throws -> HDF5File {
+    /// Creates (truncating) a file. Messages name it as `displayAs` (default: as given): an
+    /// artifact being written lives under a temporary name, but errors name its destination.
+    public static func create(_ path: String, displayAs: String? = nil) throws -> HDF5File {
         precondition(hdf5Ready)
         let access = strongCloseAccess()
         defer { H5Pclose(access) }
@@ -51,8 +53,8 @@ public final class HDF5File {
         let creation = untimed(H5Pcreate(wsss_H5P_FILE_CREATE()))
         defer { H5Pclose(creation) }
         let id = H5Fcreate(path, wsss_H5F_ACC_TRUNC(), creation, access)
-        guard id >= 0 else { throw StoreError.hdf5(path: path, "cannot create HDF5 file (check the folder exists and is writable)") }
-        return HDF5File(path: path, id: id)
+        guard id >= 0 else { throw StoreError.hdf5(path: displayAs ?? path, "cannot create HDF5 file (check the folder exists and is writable)") }
+        return HDF5File(path: displayAs ?? path, id: id)
     }
 
     /// Opens an existing file, telling a missing file, a file that is not HDF5, and a damaged one apart.

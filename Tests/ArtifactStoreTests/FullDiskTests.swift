@@ -34,10 +34,11 @@ final class FullDiskTests: XCTestCase {
         }
     }
 
-    func expectOneLine(_ error: Error, naming folder: String, cause: String, line: UInt = #line) {
+    /// The message names the artifact's destination (not the temporary file it was written as).
+    func expectOneLine(_ error: Error, naming path: String, cause: String, line: UInt = #line) {
         let text = String(describing: error)
         XCTAssertTrue(error is StoreError, "\(type(of: error)): \(text)", line: line)
-        XCTAssertTrue(text.hasPrefix(folder + "/") && text.contains(".h5"), "names the file: \(text)", line: line)
+        XCTAssertTrue(text.hasPrefix(path + ": "), "names the file: \(text)", line: line)
         XCTAssertTrue(text.hasSuffix(": " + cause), "ends with the cause: \(text)", line: line)
         XCTAssertFalse(text.contains("\n"), "one line: \(text)", line: line)
     }
@@ -60,8 +61,9 @@ final class FullDiskTests: XCTestCase {
             throw XCTSkip("cannot mount a tmpfs here (needs root and mount permission)")
         }
         defer { _ = run("/bin/umount", [mountPoint.path]) }
-        XCTAssertThrowsError(try writeLargeArtifact(to: mountPoint.appendingPathComponent("a.h5").path)) { error in
-            expectOneLine(error, naming: mountPoint.path, cause: "no space left on device")
+        let destination = mountPoint.appendingPathComponent("a.h5").path
+        XCTAssertThrowsError(try writeLargeArtifact(to: destination)) { error in
+            expectOneLine(error, naming: destination, cause: "no space left on device")
         }
         // Nothing is left behind that looks like a result, and the partial file is gone.
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: mountPoint.path), [])
@@ -82,7 +84,7 @@ final class FullDiskTests: XCTestCase {
         setrlimit(Int32(RLIMIT_FSIZE.rawValue), &saved)
         signal(SIGXFSZ, previousHandler)
         let error = try XCTUnwrap(failure, "the write should have failed")
-        expectOneLine(error, naming: folder.path, cause: "file too large")
+        expectOneLine(error, naming: folder.appendingPathComponent("b.h5").path, cause: "file too large")
         XCTAssertFalse(FileManager.default.fileExists(atPath: folder.appendingPathComponent("b.h5").path))
         try expectHDF5StillWorks()
     }
