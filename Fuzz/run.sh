@@ -40,6 +40,7 @@ for t in "${targets[@]}"; do
   echo "fuzzing $t for ${seconds}s (corpus copy: $corpus)"
   # A huge malloc inside a C library (libhdf5 sizing a buffer from a corrupt header) returns NULL
   # and becomes an HDF5 error, as in an ordinary build; giant Swift allocations still crash.
+  LSAN_OPTIONS=$( [ "$t" = artifact ] && echo "suppressions=$PWD/Fuzz/lsan-suppressions.txt:print_suppressions=0" ) \
   ASAN_OPTIONS=allocator_may_return_null=1:detect_leaks=1 \
   timeout $((seconds + 120)) .build-fuzz/debug/$p "$corpus" \
     -max_total_time="$seconds" -max_len="$(max_len "$t")" -timeout=10 -rss_limit_mb=2048 -malloc_limit_mb=4096 \
