@@ -10,7 +10,7 @@ BIN := .build/release
 # Debug builds keep checks on for tests; the demo and benchmarks run the optimised build.
 SWIFT_BUILD := swift build -c release
 
-.PHONY: help deps build test demo reproduce bench clean pretrained compare fuzz
+.PHONY: help deps apt-deps build test demo reproduce bench clean pretrained compare fuzz
 
 help:
 	@echo "make test       build and run every test (installs what is missing first)"
@@ -26,7 +26,10 @@ VENV_READY := $(VENV)/.ready-snakemake
 # The pretrained DINOv2 ViT-S/14 backbone (see `pretrained` below); the parity test needs it.
 VIT_WEIGHTS := Artifacts/pretrained/dinov2-vits14.h5
 
-deps: $(VENV_READY)
+deps: $(VENV_READY) apt-deps
+
+# The apt packages alone (what `make fuzz` needs: it builds the Swift code, no Python).
+apt-deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
@@ -121,7 +124,7 @@ bench: deps $(VIT_WEIGHTS)
 # prints executions per target and fails when a target found anything.
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS ?= pipeline png jpeg idx artifact
-fuzz: deps
+fuzz: apt-deps
 	bash Fuzz/run.sh $(FUZZ_SECONDS) $(FUZZ_TARGETS)
 
 clean:
