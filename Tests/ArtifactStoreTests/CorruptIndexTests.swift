@@ -5,18 +5,7 @@ import XCTest
 /// A damaged ragged-array index or a dataset declaring more than a reader may allocate ends in an
 /// error naming the file (the artifact fuzz target's review: these used to trap on a negative
 /// array size, trip a precondition, or allocate whatever the file said).
-final class CorruptIndexTests: XCTestCase {
-    var folder: URL!
-
-    override func setUpWithError() throws {
-        folder = FileManager.default.temporaryDirectory.appendingPathComponent("corrupt-index-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
-    }
-
-    override func tearDownWithError() throws {
-        try? FileManager.default.removeItem(at: folder)
-    }
-
+final class CorruptIndexTests: TemporaryFolderTestCase {
     /// A ragged array written by hand: `offsets`, `shapes` (rank 2) and 9 floats of data.
     func raggedFile(offsets: [Int64], shapes: [Int64]) throws -> String {
         let path = folder.appendingPathComponent("ragged-\(UUID().uuidString).h5").path

@@ -5,18 +5,7 @@ import XCTest
 /// An artifact write that runs out of room ends in one error line naming the file and the cause
 /// (issue 15: "no space left on device"), and the process goes on using HDF5 afterwards without
 /// touching the handles the failed write gave up.
-final class FullDiskTests: XCTestCase {
-    var folder: URL!
-
-    override func setUpWithError() throws {
-        folder = FileManager.default.temporaryDirectory.appendingPathComponent("full-disk-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
-    }
-
-    override func tearDownWithError() throws {
-        try? FileManager.default.removeItem(at: folder)
-    }
-
+final class FullDiskTests: TemporaryFolderTestCase {
     /// 1 MiB that does not compress, written uncompressed: far more than the room the tests leave.
     func writeLargeArtifact(to path: String) throws {
         var state: UInt64 = 0x9E37_79B9_7F4A_7C15

@@ -4,18 +4,7 @@ import XCTest
 
 /// Regression tests for inputs the fuzz targets (Fuzz/, `make fuzz`) found or that their review
 /// turned up: each must end in one `ImageError` that names the file, never a crash.
-final class MalformedImageTests: XCTestCase {
-    var folder: URL!
-
-    override func setUpWithError() throws {
-        folder = FileManager.default.temporaryDirectory.appendingPathComponent("malformed-image-tests-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
-    }
-
-    override func tearDownWithError() throws {
-        try? FileManager.default.removeItem(at: folder)
-    }
-
+final class MalformedImageTests: TemporaryFolderTestCase {
     func file(_ name: String, base64: String) throws -> String {
         let path = folder.appendingPathComponent(name).path
         try XCTUnwrap(Data(base64Encoded: base64)).write(to: URL(fileURLWithPath: path))
