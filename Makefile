@@ -12,7 +12,7 @@ BIN := .build/release
 # Debug builds keep checks on for tests; the demo and benchmarks run the optimised build.
 SWIFT_BUILD := swift build -c release
 
-.PHONY: help deps build test demo reproduce bench clean pretrained compare
+.PHONY: help deps apt-deps build test demo reproduce bench clean pretrained compare fuzz
 
 help:
 	@echo "make test       build and run every test (installs what is missing first)"
@@ -20,6 +20,7 @@ help:
 	@echo "make compare    every demo pipeline with 3 seeds: mean and standard deviation per method"
 	@echo "make reproduce  rerun Pipelines/ci.yaml and check its metrics against recorded values"
 	@echo "make bench      Swift vs PyTorch CPU vs onnxruntime at the default ViT-S/14 config (prints RATIO lines)"
+	@echo "make fuzz       libFuzzer+ASan on the file readers, FUZZ_SECONDS each (default 60; not part of test)"
 	@echo "make deps       install apt packages and the Python venv (idempotent)"
 
 # The venv's marker names its package set: a venv made for an older set is topped up.
@@ -27,7 +28,11 @@ VENV_READY := $(VENV)/.ready-snakemake
 # The pretrained DINOv2 ViT-S/14 backbone (see `pretrained` below); the parity test needs it.
 VIT_WEIGHTS := Artifacts/pretrained/dinov2-vits14.h5
 
-deps: $(VENV_READY)
+deps: $(VENV_READY) apt-deps
+
+# The apt packages alone (what `make fuzz` needs: it builds the Swift code, no Python), with the
+# test-only ones (headless Chromium for the report test).
+apt-deps:
 	@missing=""; for p in $(APT_PACKAGES) $(TEST_APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
@@ -120,5 +125,13 @@ reproduce: build $(STEM_WEIGHTS)
 bench: deps $(VIT_WEIGHTS)
 	bash Benchmarks/bench.sh
 
+# Coverage-guided fuzzing of the pipeline parser and the PNG, JPEG, IDX and artifact readers
+# (Fuzz/run.sh; README "Fuzzing"): builds in .build-fuzz, fuzzes a scratch copy of Fuzz/Corpus,
+# prints executions per target and fails when a target found anything.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= pipeline png jpeg idx artifact
+fuzz: apt-deps
+	bash Fuzz/run.sh $(FUZZ_SECONDS) $(FUZZ_TARGETS)
+
 clean:
-	rm -rf .build Artifacts/demo
+	rm -rf .build .build-fuzz Artifacts/demo

@@ -125,3 +125,21 @@ let package = Package(
     },
     swiftLanguageModes: [.v5]
 )
+
+// Coverage-guided fuzz targets (Fuzz/, README "Fuzzing"): declared only when WSSS_FUZZ is set, as
+// `make fuzz` does for its separate build folder (.build-fuzz, built with -sanitize=fuzzer,address),
+// so that the ordinary build and `make test` never see them.
+let fuzzTargets: [String: [Target.Dependency]] = [
+    "FuzzPipeline": ["Runner"],
+    "FuzzPNG": ["Imaging"],
+    "FuzzJPEG": ["Imaging"],
+    "FuzzIDX": ["Datasets"],
+    "FuzzArtifact": ["ArtifactStore", "Datasets", "Localization", "Training"],
+]
+if Context.environment["WSSS_FUZZ"] != nil {
+    package.targets.append(.target(name: "FuzzSupport", path: "Fuzz/Sources/FuzzSupport"))
+    for (name, dependencies) in fuzzTargets.sorted(by: { $0.key < $1.key }) {
+        package.targets.append(.executableTarget(name: name, dependencies: dependencies + ["FuzzSupport"], path: "Fuzz/Sources/\(name)"))
+        package.products.append(.executable(name: name, targets: [name]))
+    }
+}

@@ -33,7 +33,7 @@ public final class AppendableDataset<T: HDF5Scalar> {
         defer { H5Pclose(dcpl) }
         let fileType = storage == .float16 ? StorageType.half : T.hdf5Type
         let id = H5Dcreate2(group.id, name, fileType, space, wsss_H5P_DEFAULT(), dcpl, wsss_H5P_DEFAULT())
-        guard id >= 0 else { throw StoreError(path: group.file.path, "cannot create dataset '\(group.childPath(name))'") }
+        guard id >= 0 else { throw StoreError.hdf5(path: group.file.path, "cannot create dataset '\(group.childPath(name))'") }
         self.id = id
     }
 
@@ -54,7 +54,7 @@ public final class AppendableDataset<T: HDF5Scalar> {
         if newRows == 0 { return }
         var newDims = ([rows + newRows] + rowShape).map { hsize_t($0) }
         guard H5Dset_extent(id, &newDims) >= 0 else {
-            throw StoreError(path: group.file.path, "cannot extend dataset '\(group.childPath(name))'")
+            throw StoreError.hdf5(path: group.file.path, "cannot extend dataset '\(group.childPath(name))'")
         }
         let space = H5Dget_space(id)
         defer { H5Sclose(space) }
@@ -66,7 +66,7 @@ public final class AppendableDataset<T: HDF5Scalar> {
         let memorySpace = H5Screate_simple(Int32(extent.count), &extent, nil)
         defer { H5Sclose(memorySpace) }
         guard H5Dwrite(id, E.hdf5Type, memorySpace, space, wsss_H5P_DEFAULT(), values.baseAddress) >= 0 else {
-            throw StoreError(path: group.file.path, "cannot write dataset '\(group.childPath(name))'")
+            throw StoreError.hdf5(path: group.file.path, "cannot write dataset '\(group.childPath(name))'")
         }
         rows += newRows
     }
@@ -152,6 +152,11 @@ public final class RaggedArrayReader<T: HDF5Scalar> {
             throw StoreError(path: group.file.path, "item \(index) is outside ragged array '\(group.path)' of \(count) items")
         }
         let start = Int(offsets[index]), end = Int(offsets[index + 1])
+        let itemCount = try HDF5Limits.elementCount(shapes[index], elementSize: MemoryLayout<T>.stride, file: group.file.path, name: group.path)
+        guard start >= 0, end >= start, end - start == itemCount else {
+            throw StoreError(path: group.file.path,
+                "item \(index) of ragged array '\(group.path)': offsets \(start)..<\(end) do not hold its shape \(shapes[index]) (corrupt index)")
+        }
         var values = [T](unsafeUninitializedCapacity: end - start) { _, n in n = end - start }
         try values.withUnsafeMutableBufferPointer {
             try HDF5Group.readRows(dataset: dataID, file: group.file.path, name: group.childPath("data"), start: start, count: end - start, into: $0)

@@ -259,13 +259,13 @@ public final class ArtifactWriter {
 
     public init(path: String, provenance: Provenance) throws {
         pending = PendingFile(destination: path)
-        file = try HDF5File.create(pending.temporaryPath)
+        file = try HDF5File.create(pending.temporaryPath, displayAs: path)
         root = try file.root
         self.provenance = provenance
         try provenance.write(to: root)
         pending.finishing = { [file] in
             try file.flush()
-            file.close()
+            try file.closeChecked()
         }
     }
 

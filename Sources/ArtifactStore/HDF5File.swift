@@ -9,8 +9,31 @@ public enum Compression: Equatable, Sendable {
     public static let `default` = Compression.zstd(level: 3)
 }
 
+/// How much one read may allocate. A corrupt file can declare a dataset of any size (dimensions
+/// are 64-bit); reading one larger than this is refused with a message naming the file instead of
+/// ending the process in a failed allocation. The default is the machine's memory; the fuzz
+/// targets lower it. The zstd filter refuses to inflate a chunk beyond it too.
+public enum HDF5Limits {
+    nonisolated(unsafe) public static var maxReadBytes = Int(clamping: ProcessInfo.processInfo.physicalMemory)
+
+    /// The element count of `shape`, checked against the limit (and for overflow).
+    static func elementCount(_ shape: [Int], elementSize: Int, file: String, name: String) throws -> Int {
+        var count = 1
+        for dim in shape {
+            let (next, overflow) = count.multipliedReportingOverflow(by: dim)
+            guard dim >= 0, !overflow else { count = .max; break }
+            count = next
+        }
+        guard count <= maxReadBytes / max(elementSize, 1) else {
+            throw StoreError(path: file, "dataset '\(name)' of shape \(shape) is larger than this reader's limit of \(maxReadBytes) bytes (corrupt file?)")
+        }
+        return count
+    }
+}
+
 /// An open HDF5 file. Closing happens when the last reference goes away or on `close()`.
 public final class HDF5File {
+    /// The file as messages name it.
     public let path: String
     fileprivate(set) var id: hid_t
 
@@ -19,8 +42,9 @@ public final class HDF5File {
         self.id = id
     }
 
-    /// Creates (truncating) a file.
-    public static func create(_ path: String) throws -> HDF5File {
+    /// Creates (truncating) a file. Messages name it as `displayAs` (default: as given): an
+    /// artifact being written lives under a temporary name, but errors name its destination.
+    public static func create(_ path: String, displayAs: String? = nil) throws -> HDF5File {
         precondition(hdf5Ready)
         let access = strongCloseAccess()
         defer { H5Pclose(access) }
@@ -29,8 +53,8 @@ public final class HDF5File {
         let creation = untimed(H5Pcreate(wsss_H5P_FILE_CREATE()))
         defer { H5Pclose(creation) }
         let id = H5Fcreate(path, wsss_H5F_ACC_TRUNC(), creation, access)
-        guard id >= 0 else { throw StoreError(path: path, "cannot create HDF5 file (check the folder exists and is writable)") }
-        return HDF5File(path: path, id: id)
+        guard id >= 0 else { throw StoreError.hdf5(path: displayAs ?? path, "cannot create HDF5 file (check the folder exists and is writable)") }
+        return HDF5File(path: displayAs ?? path, id: id)
     }
 
     /// Opens an existing file, telling a missing file, a file that is not HDF5, and a damaged one apart.
@@ -65,12 +89,21 @@ public final class HDF5File {
     }
 
     public func flush() throws {
-        guard H5Fflush(id, H5F_SCOPE_GLOBAL) >= 0 else { throw StoreError(path: path, "cannot flush file") }
+        guard H5Fflush(id, H5F_SCOPE_GLOBAL) >= 0 else { throw StoreError.hdf5(path: path, "cannot flush file") }
     }
 
     public func close() {
         if id >= 0 { H5Fclose(id) }
         id = -1
+    }
+
+    /// Closes the file and says when that failed: closing writes what HDF5 still caches, so a
+    /// full disk can show up here first. The id is given up either way (never used again).
+    public func closeChecked() throws {
+        guard id >= 0 else { return }
+        let status = H5Fclose(id)
+        id = -1
+        guard status >= 0 else { throw StoreError.hdf5(path: path, "cannot finish writing the HDF5 file") }
     }
 
     deinit { close() }
@@ -121,7 +154,7 @@ public final class HDF5Group {
         let creation = untimed(H5Pcreate(wsss_H5P_GROUP_CREATE()))
         defer { H5Pclose(creation) }
         let gid = H5Gcreate2(id, name, wsss_H5P_DEFAULT(), creation, wsss_H5P_DEFAULT())
-        guard gid >= 0 else { throw StoreError(path: file.path, "cannot create group '\(childPath(name))'") }
+        guard gid >= 0 else { throw StoreError.hdf5(path: file.path, "cannot create group '\(childPath(name))'") }
         H5Gclose(gid)
         return try HDF5Group(file: file, path: childPath(name))
     }
@@ -137,7 +170,7 @@ public final class HDF5Group {
             let creation = untimed(H5Pcreate(wsss_H5P_GROUP_CREATE()))
             defer { H5Pclose(creation) }
             let gid = H5Gcreate2(id, prefix, wsss_H5P_DEFAULT(), creation, wsss_H5P_DEFAULT())
-            guard gid >= 0 else { throw StoreError(path: file.path, "cannot create group '\(childPath(prefix))'") }
+            guard gid >= 0 else { throw StoreError.hdf5(path: file.path, "cannot create group '\(childPath(prefix))'") }
             H5Gclose(gid)
         }
     }
@@ -153,7 +186,7 @@ public final class HDF5Group {
         let status = withUnsafeMutablePointer(to: &names) { pointer in
             H5Literate(id, H5_INDEX_NAME, H5_ITER_INC, nil, collect, pointer)
         }
-        guard status >= 0 else { throw StoreError(path: file.path, "cannot list group '\(path)'") }
+        guard status >= 0 else { throw StoreError.hdf5(path: file.path, "cannot list group '\(path)'") }
         return names
     }
 
@@ -204,13 +237,16 @@ public final class HDF5Group {
         defer { H5Pclose(dcpl) }
         try createParentGroups(of: name)
         let dataset = H5Dcreate2(id, name, fileType, space, wsss_H5P_DEFAULT(), dcpl, wsss_H5P_DEFAULT())
-        guard dataset >= 0 else { throw StoreError(path: file.path, "cannot create dataset '\(childPath(name))'") }
-        defer { H5Dclose(dataset) }
+        guard dataset >= 0 else { throw StoreError.hdf5(path: file.path, "cannot create dataset '\(childPath(name))'") }
         if values.count > 0 {
             guard H5Dwrite(dataset, T.hdf5Type, wsss_H5S_ALL(), wsss_H5S_ALL(), wsss_H5P_DEFAULT(), values.baseAddress) >= 0 else {
-                throw StoreError(path: file.path, "cannot write dataset '\(childPath(name))'")
+                let error = StoreError.hdf5(path: file.path, "cannot write dataset '\(childPath(name))'")
+                H5Dclose(dataset)
+                throw error
             }
         }
+        // Closing writes the chunks HDF5 still caches: a full disk can surface here.
+        guard H5Dclose(dataset) >= 0 else { throw StoreError.hdf5(path: file.path, "cannot write dataset '\(childPath(name))'") }
     }
 
     public func write<T: HDF5Scalar>(
@@ -266,7 +302,7 @@ public final class HDF5Group {
         let space = H5Dget_space(dataset)
         defer { H5Sclose(space) }
         let shape = Self.dims(ofSpace: space)
-        let count = shape.reduce(1, *)
+        let count = try HDF5Limits.elementCount(shape, elementSize: MemoryLayout<T>.stride, file: file.path, name: childPath(name))
         var values = [T](unsafeUninitializedCapacity: count) { _, initialized in initialized = count }
         if count > 0 {
             let status = values.withUnsafeMutableBufferPointer {
@@ -274,7 +310,7 @@ public final class HDF5Group {
                     ?? H5Dread(dataset, T.hdf5Type, wsss_H5S_ALL(), wsss_H5S_ALL(), wsss_H5P_DEFAULT(), $0.baseAddress)
             }
             guard status >= 0 else {
-                throw StoreError(path: file.path, "cannot read dataset '\(childPath(name))' (corrupt or truncated data)")
+                throw StoreError.hdf5(path: file.path, "cannot read dataset '\(childPath(name))' (corrupt or truncated data)")
             }
         }
         return NDArray(shape: shape, values: values)
@@ -299,8 +335,10 @@ public final class HDF5Group {
         guard !shape.isEmpty, start >= 0, count >= 0, start + count <= shape[0] else {
             throw StoreError(path: file, "rows \(start)..<\(start + count) are outside dataset '\(name)' of shape \(shape)")
         }
-        let rowSize = shape.dropFirst().reduce(1, *)
-        precondition(destination.count == rowSize * count, "destination holds \(destination.count), need \(rowSize * count)")
+        let rowSize = try HDF5Limits.elementCount(Array(shape.dropFirst()), elementSize: MemoryLayout<T>.stride, file: file, name: name)
+        guard destination.count == rowSize * count else {
+            throw StoreError(path: file, "rows \(start)..<\(start + count) of '\(name)' (shape \(shape)) do not fit the \(destination.count) elements the index says")
+        }
         if count == 0 { return }
         var offset = [hsize_t](repeating: 0, count: shape.count)
         offset[0] = hsize_t(start)
@@ -372,9 +410,9 @@ public final class HDF5Group {
         let space = H5Screate(H5S_SCALAR)
         defer { H5Sclose(space) }
         let attribute = H5Acreate2(id, name, type, space, wsss_H5P_DEFAULT(), wsss_H5P_DEFAULT())
-        guard attribute >= 0 else { throw StoreError(path: file.path, "cannot create attribute '\(name)' on '\(path)'") }
+        guard attribute >= 0 else { throw StoreError.hdf5(path: file.path, "cannot create attribute '\(name)' on '\(path)'") }
         defer { H5Aclose(attribute) }
-        guard write(attribute) >= 0 else { throw StoreError(path: file.path, "cannot write attribute '\(name)' on '\(path)'") }
+        guard write(attribute) >= 0 else { throw StoreError.hdf5(path: file.path, "cannot write attribute '\(name)' on '\(path)'") }
     }
 
     public func hasAttribute(_ name: String) -> Bool { H5Aexists(id, name) > 0 }
@@ -396,7 +434,7 @@ public final class HDF5Group {
     private func openAttribute(_ name: String) throws -> hid_t {
         guard H5Aexists(id, name) > 0 else { throw StoreError(path: file.path, "missing attribute '\(name)' on '\(path)'") }
         let attribute = H5Aopen(id, name, wsss_H5P_DEFAULT())
-        guard attribute >= 0 else { throw StoreError(path: file.path, "cannot open attribute '\(name)' on '\(path)'") }
+        guard attribute >= 0 else { throw StoreError.hdf5(path: file.path, "cannot open attribute '\(name)' on '\(path)'") }
         return attribute
     }
 
@@ -416,7 +454,7 @@ public final class HDF5Group {
             H5Tset_cset(memoryType, H5Tget_cset(fileType))
             var pointer: UnsafeMutablePointer<CChar>? = nil
             guard H5Aread(attribute, memoryType, &pointer) >= 0 else {
-                throw StoreError(path: file.path, "cannot read attribute '\(name)' on '\(path)'")
+                throw StoreError.hdf5(path: file.path, "cannot read attribute '\(name)' on '\(path)'")
             }
             defer { free(pointer) }
             return pointer.map { String(cString: $0) } ?? ""
@@ -425,7 +463,7 @@ public final class HDF5Group {
         H5Tset_size(memoryType, size + 1)
         var buffer = [CChar](repeating: 0, count: size + 1)
         guard H5Aread(attribute, memoryType, &buffer) >= 0 else {
-            throw StoreError(path: file.path, "cannot read attribute '\(name)' on '\(path)'")
+            throw StoreError.hdf5(path: file.path, "cannot read attribute '\(name)' on '\(path)'")
         }
         return String(cString: buffer)
     }
@@ -468,4 +506,28 @@ public final class HDF5Group {
         }
         return value
     }
+}
+
+extension StoreError {
+    /// A failed HDF5 call: `problem`, then the operating-system cause HDF5 recorded on its error
+    /// stack when there is one ("no space left on device", "file too large", ...), so that a full
+    /// disk reads as one line naming the file and the cause.
+    static func hdf5(path: String, _ problem: String) -> StoreError {
+        guard let cause = hdf5SystemCause() else { return StoreError(path: path, problem) }
+        return StoreError(path: path, "\(problem): \(cause)")
+    }
+}
+
+/// The `errno` HDF5's file driver recorded for the failure on the current error stack (its
+/// messages read "..., errno = 28, error message = 'No space left on device', ..."), as text.
+func hdf5SystemCause() -> String? {
+    var code: Int32 = 0
+    let walker: H5E_walk2_t = { _, error, data in
+        guard let description = error?.pointee.desc, let found = strstr(description, "errno = "), let data else { return 0 }
+        let value = atoi(found + 8)
+        if value > 0 { data.assumingMemoryBound(to: Int32.self).pointee = value }
+        return 0
+    }
+    _ = withUnsafeMutablePointer(to: &code) { H5Ewalk2(wsss_H5E_DEFAULT(), H5E_WALK_DOWNWARD, walker, $0) }
+    return code > 0 ? String(cString: strerror(code)).lowercased() : nil
 }

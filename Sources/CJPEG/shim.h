@@ -25,8 +25,10 @@ static void wsss_jpeg_output_message(j_common_ptr cinfo) { (void)cinfo; }
 
 /// Decodes a JPEG file to 8-bit RGB (grey JPEGs are expanded). On success returns 0 and a malloc'd
 /// buffer of width*height*3 bytes in *pixels (free it); on failure returns 1 and a message.
+/// Images of more than max_pixels pixels are refused after the header is read (before anything
+/// the size of the image is allocated), with *width and *height set to the declared size.
 static inline int wsss_jpeg_read_rgb(const char *path, unsigned char **pixels, int *width, int *height,
-                                     char *message, size_t message_size) {
+                                     size_t max_pixels, char *message, size_t message_size) {
     *pixels = NULL;
     FILE *file = fopen(path, "rb");
     if (!file) { snprintf(message, message_size, "cannot open file"); return 1; }
@@ -47,6 +49,15 @@ static inline int wsss_jpeg_read_rgb(const char *path, unsigned char **pixels, i
     jpeg_create_decompress(&cinfo);
     jpeg_stdio_src(&cinfo, file);
     jpeg_read_header(&cinfo, TRUE);
+    if ((size_t)cinfo.image_width * cinfo.image_height > max_pixels) {
+        *width = (int)cinfo.image_width;
+        *height = (int)cinfo.image_height;
+        snprintf(message, message_size, "image of %u x %u pixels is larger than the reader's limit of %zu pixels",
+                 cinfo.image_width, cinfo.image_height, max_pixels);
+        jpeg_destroy_decompress(&cinfo);
+        fclose(file);
+        return 1;
+    }
     cinfo.out_color_space = JCS_RGB;
     jpeg_start_decompress(&cinfo);
     size_t stride = (size_t)cinfo.output_width * 3;

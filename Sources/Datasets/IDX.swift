@@ -28,19 +28,20 @@ public struct IDXArray: Equatable, Sendable {
             let at = 4 + 4 * axis
             return Int(bytes[at]) << 24 | Int(bytes[at + 1]) << 16 | Int(bytes[at + 2]) << 8 | Int(bytes[at + 3])
         }
-        let expected = shape.reduce(1, *)
         let actual = bytes.count - headerSize
-        if actual < expected {
-            throw StoreError(path: path, "truncated IDX data: shape \(shape) needs \(expected) bytes, file has \(actual)")
+        // A corrupt header can declare dimensions whose product overflows: such a file is truncated.
+        let (expected, overflow) = shape.contains(0) ? (0, false) : shape.reduce((1, false)) { product, dim in
+            let next = product.0.multipliedReportingOverflow(by: dim)
+            return (next.partialValue, product.1 || next.overflow)
+        }
+        if overflow || actual < expected {
+            let needs = overflow ? "more than \(Int.max)" : "\(expected)"
+            throw StoreError(path: path, "truncated IDX data: shape \(shape) needs \(needs) bytes, file has \(actual)")
         }
         if actual > expected {
             throw StoreError(path: path, "IDX data has \(actual - expected) bytes beyond shape \(shape)")
         }
-        let values = [UInt8](unsafeUninitializedCapacity: expected) { out, n in
-            bytes.withUnsafeBufferPointer { out.baseAddress!.update(from: $0.baseAddress! + headerSize, count: expected) }
-            n = expected
-        }
-        return IDXArray(shape: shape, values: values)
+        return IDXArray(shape: shape, values: Array(bytes[headerSize...]))
     }
 
     /// Encodes an array as IDX bytes (for tests and for exporting object sets).

@@ -132,3 +132,18 @@ public struct ImageError: Error, CustomStringConvertible, Equatable {
 
     public var description: String { "\(path): \(problem)" }
 }
+
+/// How large an image the readers decode. A corrupt or hostile header can declare up to
+/// 1,000,000 x 1,000,000 pixels (libpng's limit; libjpeg allows 65,500 x 65,500), and
+/// allocating for that would end the process instead of reporting the file; anything above the
+/// limit is refused with a message naming the file. The default, 2^28 pixels (16,384 x 16,384),
+/// is far beyond any image this project reads; the fuzz targets lower it to keep each run small.
+public enum ImageLimits {
+    nonisolated(unsafe) public static var maxPixels = 1 << 28
+
+    static func check(width: Int, height: Int, path: String) throws {
+        guard width.multipliedReportingOverflow(by: height).partialValue <= maxPixels, width <= maxPixels, height <= maxPixels else {
+            throw ImageError(path: path, "image of \(width) x \(height) pixels is larger than the reader's limit of \(maxPixels) pixels")
+        }
+    }
+}

@@ -8,7 +8,7 @@ public enum JPEG {
         var pixels: UnsafeMutablePointer<UInt8>? = nil
         var width: Int32 = 0, height: Int32 = 0
         var message = [CChar](repeating: 0, count: 256)
-        guard wsss_jpeg_read_rgb(path, &pixels, &width, &height, &message, message.count) == 0, let pixels else {
+        guard wsss_jpeg_read_rgb(path, &pixels, &width, &height, ImageLimits.maxPixels, &message, message.count) == 0, let pixels else {
             throw ImageError(path: path, "cannot decode JPEG (\(String(cString: message)))")
         }
         defer { free(pixels) }

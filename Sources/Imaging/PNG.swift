@@ -105,14 +105,17 @@ public enum PNG {
             image = .allocate(capacity: 1)
             wsss_png_image_init(image)
             guard png_image_begin_read_from_file(image, path) != 0 else {
+                // Every stored property is set, so the throw runs `deinit`: that frees the struct
+                // (exactly once); libpng's own state is released here.
                 let message = PNG.libpngMessage(image)
                 png_image_free(image)
                 open = false
-                image.deallocate()
                 throw ImageError(path: path, "corrupt PNG (\(message))")
             }
+            try ImageLimits.check(width: width, height: height, path: path)
         }
 
+        /// The one place the `png_image` struct is released.
         deinit {
             if open { png_image_free(image) }
             image.deallocate()

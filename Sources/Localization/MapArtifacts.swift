@@ -153,6 +153,9 @@ public final class ClassMapsReader {
         description = (try? root.stringAttribute("map_description")) ?? ""
         imageIndices = try root.read("image_index", as: Int64.self).values.map { Int($0) }
         let sizes = try root.read("image_sizes", as: Int32.self).values
+        guard sizes.count % 2 == 0 else {
+            throw StoreError(path: path, "image_sizes holds \(sizes.count) values, not (height, width) pairs")
+        }
         imageSizes = stride(from: 0, to: sizes.count, by: 2).map { (Int(sizes[$0]), Int(sizes[$0 + 1])) }
         maps = try RaggedArrayReader<Float>(root, name: "maps")
         classes = try RaggedArrayReader<Int32>(root, name: "classes")
@@ -215,6 +218,9 @@ public final class LabelMapsReader {
         context = try MapContext.read(from: artifact.root)
         imageIndices = try artifact.root.read("image_index", as: Int64.self).values.map { Int($0) }
         labels = try RaggedArrayReader<UInt8>(artifact.root, name: "labels")
+        guard labels.rank == 2 else {
+            throw StoreError(path: path, "labels must be a ragged array of rank 2 (height x width), found rank \(labels.rank)")
+        }
         guard labels.count == imageIndices.count else {
             throw StoreError(path: path, "label artifact is inconsistent: \(imageIndices.count) indices, \(labels.count) maps")
         }

@@ -194,4 +194,18 @@ final class IDXTests: TemporaryFolderTestCase {
         let fraction = Double(zeros) / Double(source.pixels.count)
         XCTAssertTrue(fraction > 0.4 && fraction < 0.6, "\(fraction)")
     }
+
+    /// Dimensions whose product overflows Int (found reviewing the IDX fuzz target): reported as
+    /// truncated data, not an arithmetic trap.
+    func testOverflowingDimensionsAreTruncatedData() throws {
+        let header: [UInt8] = [0, 0, 8, 4] + [UInt8](repeating: 0xFF, count: 16)
+        try Data(header + [1, 2, 3]).write(to: folder.appendingPathComponent("overflow.idx"))
+        XCTAssertThrowsError(try IDXArray.read(path("overflow.idx"))) { error in
+            XCTAssertTrue("\(error)".hasPrefix(path("overflow.idx") + ": truncated IDX data"), "\(error)")
+        }
+        // A zero dimension makes the whole array empty, whatever the others say.
+        let empty: [UInt8] = [0, 0, 8, 2, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0, 0]
+        try Data(empty).write(to: folder.appendingPathComponent("empty.idx"))
+        XCTAssertEqual(try IDXArray.read(path("empty.idx")), IDXArray(shape: [0xFFFF_FFFF, 0], values: []))
+    }
 }

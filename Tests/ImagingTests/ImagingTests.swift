@@ -2,18 +2,7 @@ import Foundation
 import XCTest
 @testable import Imaging
 
-final class ImagingTests: XCTestCase {
-    var folder: URL!
-
-    override func setUpWithError() throws {
-        folder = FileManager.default.temporaryDirectory.appendingPathComponent("imaging-tests-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
-    }
-
-    override func tearDownWithError() throws {
-        try? FileManager.default.removeItem(at: folder)
-    }
-
+final class ImagingTests: TemporaryFolderTestCase {
     func path(_ name: String) -> String { folder.appendingPathComponent(name).path }
 
     /// Bytes that differ at every position and cover the whole 0...255 range.

@@ -68,4 +68,34 @@ final class MapArtifactTests: XCTestCase {
         XCTAssertNoThrow(try writer.append(imageIndex: 4, imageHeight: 2, imageWidth: 2,
                                            maps: ClassMaps(classes: [1, 2], height: 1, width: 2, values: [0, 1, 1, 0])))
     }
+
+    /// Damaged map artifacts end in an error naming the file (found reviewing the artifact fuzz
+    /// target): an odd number of image_sizes values used to index past the array, and a labels
+    /// array of rank 1 past its shape.
+    func testDamagedMapIndexesAreErrors() throws {
+        let context = MapContext(split: "val", classNames: ["a"], datasetHash: "sha256:00")
+        let cams = temporary("odd-sizes.h5")
+        defer { try? FileManager.default.removeItem(atPath: cams) }
+        let camsWriter = try ArtifactWriter(path: cams, provenance: Provenance(kind: .cams, formatVersion: 1, producer: "t"))
+        try context.write(to: camsWriter.root)
+        try camsWriter.root.write("image_index", [Int64(0)])
+        try camsWriter.root.write("image_sizes", [Int32(4), 4, 4])
+        try camsWriter.commit()
+        XCTAssertThrowsError(try ClassMapsReader(path: cams)) { error in
+            XCTAssertEqual("\(error)", "\(cams): image_sizes holds 3 values, not (height, width) pairs")
+        }
+
+        let labels = temporary("rank-1-labels.h5")
+        defer { try? FileManager.default.removeItem(atPath: labels) }
+        let labelsWriter = try ArtifactWriter(path: labels, provenance: Provenance(kind: .labels, formatVersion: 1, producer: "t"))
+        try context.write(to: labelsWriter.root)
+        try labelsWriter.root.write("image_index", [Int64(0)])
+        let ragged = try RaggedArrayWriter<UInt8>(in: labelsWriter.root, name: "labels", rank: 1)
+        try ragged.append([1, 2, 3], shape: [3])
+        try ragged.finish()
+        try labelsWriter.commit()
+        XCTAssertThrowsError(try LabelMapsReader(path: labels, kind: .labels)) { error in
+            XCTAssertEqual("\(error)", "\(labels): labels must be a ragged array of rank 2 (height x width), found rank 1")
+        }
+    }
 }

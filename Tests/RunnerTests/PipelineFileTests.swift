@@ -118,6 +118,14 @@ final class PipelineFileTests: XCTestCase {
 
         XCTAssertEqual(errors("name: x\nname: y\nstages: []\n"), ["bad.yaml:1:1: error: key 'name' appears twice in one mapping"])
         XCTAssertEqual(errors(""), ["bad.yaml:1:1: error: pipeline file is empty"])
+        // The same from an empty file on disk (read without Foundation's reader, which leaks its
+        // buffer on a 0-byte file: the FuzzPipeline target's first finding).
+        let empty = FileManager.default.temporaryDirectory.appendingPathComponent("empty-\(UUID().uuidString).yaml").path
+        FileManager.default.createFile(atPath: empty, contents: Data())
+        defer { try? FileManager.default.removeItem(atPath: empty) }
+        XCTAssertThrowsError(try PipelineParser.parse(file: empty, displayAs: "empty.yaml")) { error in
+            XCTAssertEqual("\(error)", "empty.yaml:1:1: error: pipeline file is empty")
+        }
         XCTAssertEqual(errors("name: x\nstages: []\n"),
                        ["bad.yaml:2:9: error: 'stages' must be a non-empty list of stages (each item starting with '- name:')"])
     }
