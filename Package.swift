@@ -98,8 +98,8 @@ let package = Package(
         ]),
 
         .testTarget(name: "ArtifactStoreTests", dependencies: ["ArtifactStore", "TestSupport"]),
-        .testTarget(name: "ImagingTests", dependencies: ["Imaging", "Primitives"]),
-        .testTarget(name: "DatasetsTests", dependencies: ["Datasets", "ArtifactStore", "Imaging", "Primitives"]),
+        .testTarget(name: "ImagingTests", dependencies: ["Imaging", "Primitives", "TestSupport"]),
+        .testTarget(name: "DatasetsTests", dependencies: ["Datasets", "ArtifactStore", "Imaging", "Primitives", "TestSupport"]),
         .testTarget(name: "StageKitTests", dependencies: ["StageKit"]),
         // Helpers shared by the test targets: finite-difference gradient checks, the stage process runner.
         .target(name: "TestSupport", dependencies: ["Engine", "Primitives", "ArtifactStore"], path: "Tests/TestSupport"),

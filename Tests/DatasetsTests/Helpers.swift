@@ -2,22 +2,7 @@ import Foundation
 import XCTest
 @testable import Datasets
 import Imaging
-
-/// A temporary folder per test.
-class TemporaryFolderTestCase: XCTestCase {
-    var folder: URL!
-
-    override func setUpWithError() throws {
-        folder = FileManager.default.temporaryDirectory.appendingPathComponent("datasets-tests-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
-    }
-
-    override func tearDownWithError() throws {
-        try? FileManager.default.removeItem(at: folder)
-    }
-
-    func path(_ name: String) -> String { folder.appendingPathComponent(name).path }
-}
+import TestSupport
 
 enum Synthetic {
     /// Small objects (12 rows x 10 cols) of three classes with distinct shapes; `family` changes

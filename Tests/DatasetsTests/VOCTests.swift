@@ -1,5 +1,6 @@
 import ArtifactStore
 import Foundation
+import TestSupport
 import XCTest
 @testable import Datasets
 import Imaging

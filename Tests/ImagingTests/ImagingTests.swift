@@ -1,10 +1,9 @@
 import Foundation
+import TestSupport
 import XCTest
 @testable import Imaging
 
 final class ImagingTests: TemporaryFolderTestCase {
-    func path(_ name: String) -> String { folder.appendingPathComponent(name).path }
-
     /// Bytes that differ at every position and cover the whole 0...255 range.
     func pattern(_ count: Int, salt: Int = 0) -> [UInt8] {
         (0..<count).map { UInt8(truncatingIfNeeded: $0 &* 37 &+ ($0 >> 8) &* 11 &+ salt) }

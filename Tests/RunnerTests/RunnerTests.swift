@@ -316,18 +316,25 @@ final class RunnerTests: XCTestCase {
         XCTAssertEqual(ws.read("Artifacts/t/slow.txt")?.hasPrefix("label=slow\n"), true)
     }
 
-    func testInterruptStopsTheRunningStageAndRecordsNothing() throws {
-        // The stage waits for a marker that never appears: only a signal ends it early.
-        try ws.write(pipelineYAML("slow", [testStage("slow", inputs: ["a": "data/raw.txt"], params: "wait_for: \(ws.path("never"))")]), to: "Pipelines/slow.yaml")
+    /// Starts `wsss run PIPELINE` in the workspace as a process of its own (to be signalled),
+    /// its stdout and stderr going to wsss.out.
+    func startWsssRun(_ pipeline: String) throws -> (Process, FileHandle) {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: productsDirectory + "/wsss")
-        process.arguments = ["run", "Pipelines/slow.yaml", "--bin", productsDirectory]
+        process.arguments = ["run", pipeline, "--bin", productsDirectory]
         process.currentDirectoryURL = URL(fileURLWithPath: ws.root)
         XCTAssertTrue(FileManager.default.createFile(atPath: ws.path("wsss.out"), contents: nil))
         let output = try XCTUnwrap(FileHandle(forWritingAtPath: ws.path("wsss.out")))
         process.standardOutput = output
         process.standardError = output
         try process.run()
+        return (process, output)
+    }
+
+    func testInterruptStopsTheRunningStageAndRecordsNothing() throws {
+        // The stage waits for a marker that never appears: only a signal ends it early.
+        try ws.write(pipelineYAML("slow", [testStage("slow", inputs: ["a": "data/raw.txt"], params: "wait_for: \(ws.path("never"))")]), to: "Pipelines/slow.yaml")
+        let (process, output) = try startWsssRun("Pipelines/slow.yaml")
         XCTAssertTrue(ws.waitForLogLine { $0 == "start slow" })
         process.interrupt() // SIGINT, as Ctrl-C sends it
         process.waitUntilExit()
@@ -363,15 +370,7 @@ final class RunnerTests: XCTestCase {
     /// Ctrl-C while `wsss run` waits for another run's lock ends the wait: exit 130, nothing ran.
     func testInterruptWhileWaitingForTheLock() throws {
         let held = try WorkspaceLock(Workspace(root: ws.root), purpose: "test", wait: .refuse) { _ in }
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: productsDirectory + "/wsss")
-        process.arguments = ["run", "Pipelines/chain.yaml", "--bin", productsDirectory]
-        process.currentDirectoryURL = URL(fileURLWithPath: ws.root)
-        XCTAssertTrue(FileManager.default.createFile(atPath: ws.path("wsss.out"), contents: nil))
-        let output = try XCTUnwrap(FileHandle(forWritingAtPath: ws.path("wsss.out")))
-        process.standardOutput = output
-        process.standardError = output
-        try process.run()
+        let (process, output) = try startWsssRun("Pipelines/chain.yaml")
         let deadline = Date().addingTimeInterval(60)
         while !(ws.read("wsss.out") ?? "").contains("waiting for it to finish"), Date() < deadline { usleep(20_000) }
         XCTAssertTrue(process.isRunning, ws.read("wsss.out") ?? "")
