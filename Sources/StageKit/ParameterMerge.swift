@@ -104,6 +104,10 @@ public enum ParameterMerge {
             params = try JSONDecoder().decode(P.self, from: data)
         } catch let DecodingError.typeMismatch(_, context), let DecodingError.valueNotFound(_, context) {
             let key = context.codingPath.map(\.stringValue).joined(separator: ".")
+            // NaN, inf and 1e400 are no JSON numbers, so they arrive as strings: say what they are.
+            if let text = merged[key] as? String, let number = Double(text), !number.isFinite {
+                throw StageError("parameter '\(key)' must be a finite number, got \(text)")
+            }
             throw StageError("parameter '\(key)' has the wrong type: \(context.debugDescription)")
         } catch let DecodingError.dataCorrupted(context) {
             let key = context.codingPath.map(\.stringValue).joined(separator: ".")

@@ -51,6 +51,8 @@ final class ParameterRulesTests: XCTestCase {
         XCTAssertEqual(refusal(["lr": -0.1]), "parameter 'lr' must be > 0, got -0.1")
         XCTAssertEqual(refusal(["ratio": 1.5]), "parameter 'ratio' must be in [0, 1], got 1.5")
         XCTAssertEqual(refusal(["scales": [1, 100]]), "parameter 'scales' must be in [0.1, 8] (each element), got [1,100]")
+        XCTAssertEqual(refusal(["lr": "NaN"]), "parameter 'lr' must be a finite number, got NaN")
+        XCTAssertEqual(refusal(["lr": "1e400"]), "parameter 'lr' must be a finite number, got 1e400")
         // Whole numbers written as decimals are whole; booleans and strings are not numbers.
         XCTAssertNil(refusal(["epochs": 2.0, "ratio": 1, "flip": false, "name": "7", "layers": [0, 3]]))
         let (params, _) = try ParameterMerge.merge(Ranged.self, layers: [["epochs": 2.0]])

@@ -371,6 +371,7 @@ final class BadInputSuiteTests: XCTestCase {
         Case(stage: "classify-train", params: ["image_size=30"], expect: ["invalid ViT config: image_size 30 not divisible by patch_size 8"]),
         Case(stage: "classify-train", params: ["frozen_blocks=3"], expect: ["frozen_blocks 3 exceeds the model's 1 blocks"]),
         Case(stage: "classify-train", params: ["lr=null"], expect: ["parameter 'lr' has the wrong type"]),
+        Case(stage: "classify-train", params: ["lr=NaN"], expect: ["parameter 'lr' must be a finite number, got NaN"]),
         Case(stage: "seg-train", params: ["heads=3"], expect: ["invalid ViT config: dim 16 not divisible by heads 3"], sentinel: "checkpoint"),
         Case(stage: "seg-train", params: ["stem=bogus"], expect: ["stem 'bogus' is neither patch nor a known pretrained stem"]),
         Case(stage: "cam-refine", params: ["method=acr", "acr_start_layer=5"], expect: ["acr_start_layer: layer 5 does not exist"]),
