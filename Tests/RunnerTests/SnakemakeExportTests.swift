@@ -140,14 +140,7 @@ final class SnakemakeExportTests: XCTestCase {
         print(String(format: "ci.yaml: wsss run -j 2 %.1f s, snakemake --cores 2 %.1f s", runnerSeconds, snakemakeSeconds))
 
         let (_, bound) = try byRunner.load("Pipelines/ci.yaml")
-        for stage in bound.stages {
-            for output in stage.decl.outputs {
-                let ours = FileManager.default.contents(atPath: byRunner.path(output.path))
-                XCTAssertNotNil(ours, output.path)
-                XCTAssertTrue(ours == FileManager.default.contents(atPath: bySnakemake.path(output.path)),
-                              "\(stage.name).\(output.name) (\(output.path)) differs between wsss run and snakemake")
-            }
-        }
+        assertSameOutputs(of: bound, byRunner, bySnakemake)
         let metrics = try JSONValue.parse(XCTUnwrap(bySnakemake.read("Artifacts/ci/eval-seg.json")).data(using: .utf8)!)
         guard case .object(let fields) = metrics, case .some = fields["miou"] else { return XCTFail("no miou in eval-seg.json") }
     }
@@ -259,12 +252,19 @@ final class SnakemakeExportTests: XCTestCase {
         XCTAssertEqual(try export(bySnakemake, "Pipelines/sharded.yaml").0, 0)
         let snake = try snakemake(bySnakemake, ["--cores", "2"])
         XCTAssertEqual(snake.status, 0, snake.output)
-        for stage in shardedBound.stages {
+        assertSameOutputs(of: shardedBound, byRunner, bySnakemake)
+    }
+
+    /// Every output of `pipeline` exists in the runner's workspace and is byte for byte the same
+    /// in Snakemake's.
+    func assertSameOutputs(of pipeline: BoundPipeline, _ byRunner: TestWorkspace, _ bySnakemake: TestWorkspace,
+                           file: StaticString = #filePath, line: UInt = #line) {
+        for stage in pipeline.stages {
             for output in stage.decl.outputs {
                 let ours = FileManager.default.contents(atPath: byRunner.path(output.path))
-                XCTAssertNotNil(ours, output.path)
+                XCTAssertNotNil(ours, output.path, file: file, line: line)
                 XCTAssertTrue(ours == FileManager.default.contents(atPath: bySnakemake.path(output.path)),
-                              "\(stage.name).\(output.name) (\(output.path)) differs between wsss run and snakemake")
+                              "\(stage.name).\(output.name) (\(output.path)) differs between wsss run and snakemake", file: file, line: line)
             }
         }
     }
