@@ -31,7 +31,7 @@ owner() {
     | grep -v -E 'compiler-rt|libFuzzer|fuzzer::' | head -n 1)
   case $frame in *libhdf5*) echo libhdf5;; *) echo ours;; esac
 }
-max_len() { case $1 in artifact) echo 81920;; pipeline) echo 8192;; *) echo 4096;; esac; }
+max_len() { case $1 in artifact) echo 131072;; pipeline) echo 8192;; *) echo 4096;; esac; }
 
 for t in "${targets[@]}"; do
   p=$(product "$t") || exit 2

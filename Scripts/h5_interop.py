@@ -2,10 +2,12 @@
 
   h5_interop.py check FILE    -- verify a file the Swift store wrote (values, filters, attributes)
   h5_interop.py write FILE    -- write a file with hdf5plugin.Zstd for the Swift store to read
+  h5_interop.py write-sealed FILE -- the same, sealed as Scripts/pretrained_files.py seals its files
 
 Both sides generate the same arrays from the same formulas, so neither trusts the other's output.
 """
 import json
+import os
 import sys
 
 import h5py
@@ -44,8 +46,10 @@ def check(path):
     print("h5py-check-ok")
 
 
-def write(path):
-    with h5py.File(path, "w") as f:
+def write(path, sealed=False):
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from pretrained_files import h5_for_seal, seal
+    with (h5_for_seal(path) if sealed else h5py.File(path, "w")) as f:
         for name, values in arrays().items():
             f.create_dataset(name, data=values, chunks=True, **hdf5plugin.Zstd(clevel=5))
         f.create_dataset("f16", data=arrays()["f32"].astype(np.float16), chunks=True, **hdf5plugin.Zstd())
@@ -59,8 +63,10 @@ def write(path):
         f.attrs["int_list"] = [127, 127, 127]  # numeric array attributes (doublesAttribute)
         f.attrs["float_list"] = [0.5, 1.5]
         f.attrs["int_scalar"] = 8
+    if sealed:
+        seal(path)
     print("h5py-write-ok")
 
 
 if __name__ == "__main__":
-    {"check": check, "write": write}[sys.argv[1]](sys.argv[2])
+    {"check": check, "write": write, "write-sealed": lambda path: write(path, sealed=True)}[sys.argv[1]](sys.argv[2])

@@ -68,17 +68,42 @@ def read_member(wheel, member, sha256=None):
     return data
 
 
+SEAL_BLOCK = 512
+SEAL_MAGIC = b"WSSS sealed HDF5 v1\n"
+
+
+def h5_for_seal(path):
+    """An h5py file written as the Swift store writes its own (Sources/ArtifactStore/Seal.swift):
+    a 512-byte user block for the seal, and the HDF5 1.8-1.10 file format (checksummed metadata,
+    readable by Debian's HDF5 1.10)."""
+    import h5py
+    return h5py.File(path, "w", userblock_size=SEAL_BLOCK, libver=("v108", "v110"))
+
+
+def seal(path):
+    """Writes the seal of a closed file made by h5_for_seal: its length and the SHA-256 of the
+    bytes after the user block, which the Swift store checks before libhdf5 reads the file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        f.seek(SEAL_BLOCK)
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    block = SEAL_MAGIC + f"length {os.path.getsize(path)}\nsha256:{digest.hexdigest()}\n".encode()
+    with open(path, "r+b") as f:
+        f.write(block.ljust(SEAL_BLOCK, b"\0"))
+
+
 @contextlib.contextmanager
 def atomic_h5(out, prefix=".import-"):
-    """Yields an open h5py file that becomes `out` only if the block completes."""
-    import h5py
+    """Yields an open h5py file that becomes `out`, sealed, only if the block completes."""
     folder = os.path.dirname(os.path.abspath(out))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".h5", dir=folder)
     os.close(fd)
     try:
-        with h5py.File(tmp, "w") as h:
+        with h5_for_seal(tmp) as h:
             yield h
+        seal(tmp)
         os.replace(tmp, out)
     except BaseException:
         os.unlink(tmp)

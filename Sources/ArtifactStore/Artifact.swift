@@ -277,7 +277,7 @@ public final class ArtifactWriter {
 
     /// Discards the partial file.
     public func abandon() {
-        file.close()
+        file.discard()
         pending.abandon()
     }
 }

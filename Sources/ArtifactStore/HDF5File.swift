@@ -36,10 +36,16 @@ public final class HDF5File {
     /// The file as messages name it.
     public let path: String
     fileprivate(set) var id: hid_t
+    /// Where the file is on disk (`path` may name its destination instead).
+    private let location: String
+    /// Whether closing writes the seal (`Seal`): files this process created or changed.
+    private var sealsOnClose: Bool
 
-    private init(path: String, id: hid_t) {
+    private init(path: String, location: String, id: hid_t, sealsOnClose: Bool) {
         self.path = path
+        self.location = location
         self.id = id
+        self.sealsOnClose = sealsOnClose
     }
 
     /// Creates (truncating) a file. Messages name it as `displayAs` (default: as given): an
@@ -50,11 +56,15 @@ public final class HDF5File {
         defer { H5Pclose(access) }
         // The root group, like every object made here, carries no modification time (see
         // `untimed`): the same content written twice gives the same bytes.
-        let creation = untimed(H5Pcreate(wsss_H5P_FILE_CREATE()))
+        let creation = compactLinks(untimed(H5Pcreate(wsss_H5P_FILE_CREATE())))
         defer { H5Pclose(creation) }
+        // Room for the seal, and the file format of HDF5 1.8 on: its superblock, object headers
+        // and heaps carry checksums, so HDF5 itself also notices damaged metadata.
+        H5Pset_userblock(creation, hsize_t(Seal.blockSize))
+        H5Pset_libver_bounds(access, H5F_LIBVER_V18, H5F_LIBVER_V110)
         let id = H5Fcreate(path, wsss_H5F_ACC_TRUNC(), creation, access)
         guard id >= 0 else { throw StoreError.hdf5(path: displayAs ?? path, "cannot create HDF5 file (check the folder exists and is writable)") }
-        return HDF5File(path: displayAs ?? path, id: id)
+        return HDF5File(path: displayAs ?? path, location: path, id: id, sealsOnClose: true)
     }
 
     /// Opens an existing file, telling a missing file, a file that is not HDF5, and a damaged one apart.
@@ -65,6 +75,8 @@ public final class HDF5File {
             throw StoreError(path: path, "no such file")
         }
         if isDirectory.boolValue { throw StoreError(path: path, "is a directory, not an HDF5 file") }
+        // Before libhdf5 reads anything: a damaged sealed file is refused here.
+        let sealed = try Seal.verify(path)
         let signature = H5Fis_hdf5(path)
         if signature == 0 { throw StoreError(path: path, "not an HDF5 file") }
         let access = strongCloseAccess()
@@ -73,7 +85,7 @@ public final class HDF5File {
         guard signature > 0, id >= 0 else {
             throw StoreError(path: path, "HDF5 file is truncated or corrupt and cannot be opened")
         }
-        return HDF5File(path: path, id: id)
+        return HDF5File(path: path, location: path, id: id, sealsOnClose: writable && sealed)
     }
 
     /// Closing the file closes every group and dataset still open in it, so `close()` really
@@ -92,18 +104,29 @@ public final class HDF5File {
         guard H5Fflush(id, H5F_SCOPE_GLOBAL) >= 0 else { throw StoreError.hdf5(path: path, "cannot flush file") }
     }
 
+    /// Closes the file (sealing it when it was written here; a failure to do so is not reported:
+    /// use `closeChecked()` where it matters).
     public func close() {
-        if id >= 0 { H5Fclose(id) }
-        id = -1
+        try? closeChecked()
+    }
+
+    /// Closes the file without sealing it: it is about to be deleted.
+    public func discard() {
+        sealsOnClose = false
+        close()
     }
 
     /// Closes the file and says when that failed: closing writes what HDF5 still caches, so a
-    /// full disk can show up here first. The id is given up either way (never used again).
+    /// full disk can show up here first, and then seals it. The id is given up either way.
     public func closeChecked() throws {
         guard id >= 0 else { return }
         let status = H5Fclose(id)
         id = -1
         guard status >= 0 else { throw StoreError.hdf5(path: path, "cannot finish writing the HDF5 file") }
+        if sealsOnClose {
+            sealsOnClose = false
+            try Seal.write(location, displayAs: path)
+        }
     }
 
     deinit { close() }
@@ -111,8 +134,17 @@ public final class HDF5File {
 
 /// HDF5 stamps each object it creates with the time unless told not to; artifacts must not vary
 /// with the clock (a rerun has to reproduce its bytes for the runner's cache to see "unchanged").
+/// Attributes stay in the object's header (checksummed in this file format) up to 1000 of them,
+/// rather than moving to a fractal heap after 8, whose blocks carry no checksum.
 func untimed(_ creationProperties: hid_t) -> hid_t {
     H5Pset_obj_track_times(creationProperties, false)
+    H5Pset_attr_phase_change(creationProperties, 1000, 900)
+    return creationProperties
+}
+
+/// Links of a group (or the root) stay in its checksummed header up to 1000 (see `untimed`).
+func compactLinks(_ creationProperties: hid_t) -> hid_t {
+    H5Pset_link_phase_change(creationProperties, 1000, 900)
     return creationProperties
 }
 
@@ -151,7 +183,7 @@ public final class HDF5Group {
     }
 
     public func createGroup(_ name: String) throws -> HDF5Group {
-        let creation = untimed(H5Pcreate(wsss_H5P_GROUP_CREATE()))
+        let creation = compactLinks(untimed(H5Pcreate(wsss_H5P_GROUP_CREATE())))
         defer { H5Pclose(creation) }
         let gid = H5Gcreate2(id, name, wsss_H5P_DEFAULT(), creation, wsss_H5P_DEFAULT())
         guard gid >= 0 else { throw StoreError.hdf5(path: file.path, "cannot create group '\(childPath(name))'") }
@@ -167,7 +199,7 @@ public final class HDF5Group {
         for part in parts {
             prefix += prefix.isEmpty ? String(part) : "/" + part
             guard H5Lexists(id, prefix, wsss_H5P_DEFAULT()) <= 0 else { continue }
-            let creation = untimed(H5Pcreate(wsss_H5P_GROUP_CREATE()))
+            let creation = compactLinks(untimed(H5Pcreate(wsss_H5P_GROUP_CREATE())))
             defer { H5Pclose(creation) }
             let gid = H5Gcreate2(id, prefix, wsss_H5P_DEFAULT(), creation, wsss_H5P_DEFAULT())
             guard gid >= 0 else { throw StoreError.hdf5(path: file.path, "cannot create group '\(childPath(prefix))'") }

@@ -267,7 +267,7 @@ extension Runner {
             handle = (try? file.read(upToCount: 32)) ?? Data()
             try? file.close()
         }
-        if handle.starts(with: [0x89, 0x48, 0x44, 0x46]) {
+        if handle.starts(with: [0x89, 0x48, 0x44, 0x46]) || handle.starts(with: Data(Seal.magic.utf8)) {
             lines += try describeHDF5(absolute)
         } else if handle.starts(with: [0x89, 0x50, 0x4E, 0x47]), handle.count >= 24 {
             let width = handle[16..<20].reduce(0) { $0 << 8 | Int($1) }
@@ -285,7 +285,14 @@ extension Runner {
     }
 
     func describeHDF5(_ path: String) throws -> [String] {
-        let reader = try ArtifactReader(path: path, kind: nil)
+        // Damage (a broken seal, a file libhdf5 cannot open) is an error; a sound HDF5 file without
+        // our provenance (pretrained weights, a file from h5py) is listed as what it is.
+        let root = try HDF5File.open(path).root
+        guard let reader = try? ArtifactReader(path: path, kind: nil) else {
+            var lines = ["  not an artifact of this toolbox (no complete provenance)"]
+            lines += try describeContents(root, standard: [])
+            return lines
+        }
         let provenance = reader.provenance
         var lines = [
             "  kind: \(provenance.kind) (format version \(provenance.formatVersion))",
@@ -308,7 +315,14 @@ extension Runner {
                 lines.append("    \(name): \(hash)\(origin)")
             }
         }
-        let datasets = try reader.root.datasetSummaries()
+        lines += try describeContents(reader.root, standard: ["kind", "format_version", "producer", "params", "inputs", "created_at"])
+        return lines
+    }
+
+    /// The arrays of a file and its root attributes other than `standard`.
+    func describeContents(_ root: HDF5Group, standard: Set<String>) throws -> [String] {
+        var lines: [String] = []
+        let datasets = try root.datasetSummaries()
         lines.append("  arrays:")
         let width = datasets.map(\.path.count).max() ?? 0
         for dataset in datasets {
@@ -316,12 +330,11 @@ extension Runner {
             lines.append("    \(dataset.path.padding(toLength: width, withPad: " ", startingAt: 0))  \(dataset.type.padding(toLength: 8, withPad: " ", startingAt: 0)) \(shape)  \(Self.bytes(Int64(dataset.storedBytes))) stored")
         }
         if datasets.isEmpty { lines.append("    (none)") }
-        let standard: Set<String> = ["kind", "format_version", "producer", "params", "inputs", "created_at"]
-        let extra = reader.root.attributeNames().filter { !standard.contains($0) }.sorted()
+        let extra = root.attributeNames().filter { !standard.contains($0) }.sorted()
         if !extra.isEmpty {
             lines.append("  attributes:")
             for name in extra {
-                var value = reader.root.attributeText(name) ?? "?"
+                var value = root.attributeText(name) ?? "?"
                 // Long JSON blobs (statistics) would drown the listing; h5dump shows them whole.
                 if value.count > 160 { value = String(value.prefix(157)) + "..." }
                 lines.append("    \(name): \(value)")

@@ -49,6 +49,28 @@ final class H5pyInteropTests: XCTestCase {
         let path = temporaryPath("theirs.h5")
         defer { try? FileManager.default.removeItem(atPath: path) }
         XCTAssertTrue(try runScript(["write", path]).contains("h5py-write-ok"))
+        XCTAssertFalse(try Seal.verify(path))
+        try checkWhatH5pyWrote(path)
+    }
+
+    /// Scripts/pretrained_files.py seals what it writes (the pretrained weights) as the store does.
+    func testFilesH5pySealsVerifyHere() throws {
+        let path = temporaryPath("sealed.h5")
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        XCTAssertTrue(try runScript(["write-sealed", path]).contains("h5py-write-ok"))
+        XCTAssertTrue(try Seal.verify(path))
+        try checkWhatH5pyWrote(path)
+        var bytes = try Data(contentsOf: URL(fileURLWithPath: path))
+        bytes[bytes.count / 2] ^= 0x40
+        let damaged = temporaryPath("sealed-damaged.h5")
+        defer { try? FileManager.default.removeItem(atPath: damaged) }
+        try bytes.write(to: URL(fileURLWithPath: damaged))
+        XCTAssertThrowsError(try ArtifactReader(path: damaged, kind: .dataset)) { error in
+            XCTAssertEqual("\(error)", "\(damaged): HDF5 file is damaged: its bytes no longer match the checksum it was written with")
+        }
+    }
+
+    func checkWhatH5pyWrote(_ path: String) throws {
         let reader = try ArtifactReader(path: path, kind: .dataset)
         let arrays = Self.expectedArrays()
         let root = reader.root

@@ -695,6 +695,25 @@ final class RunnerTests: XCTestCase {
         XCTAssertTrue(errors.contains("error: summary field 'seed_miou' must name a metric as STAGE.KEY of a stage of this file, got 'nosuch.miou'"), errors)
     }
 
+    /// An HDF5 file without our provenance (pretrained weights, h5py's) is listed; a damaged one is an error.
+    func testShowListsAPlainHDF5FileAndRefusesADamagedOne() throws {
+        let path = ws.path("plain.h5")
+        let file = try HDF5File.create(path)
+        try file.root.write("weights/w", [Float](repeating: 0.5, count: 6), shape: [2, 3])
+        try file.root.setAttribute("kind", "pretrained")
+        try file.closeChecked()
+        let text = try ws.runner().show(path)
+        for expected in ["not an artifact of this toolbox (no complete provenance)", "/weights/w", "[2, 3]", "    kind: pretrained"] {
+            XCTAssertTrue(text.contains(expected), "missing '\(expected)' in:\n\(text)")
+        }
+        var bytes = try Data(contentsOf: URL(fileURLWithPath: path))
+        bytes[bytes.count - 10] ^= 0xFF
+        try bytes.write(to: URL(fileURLWithPath: path))
+        XCTAssertThrowsError(try ws.runner().show(path)) { error in
+            XCTAssertTrue("\(error)".contains("\(path): HDF5 file is damaged: its bytes no longer match the checksum it was written with"), "\(error)")
+        }
+    }
+
     func testShowDescribesAnArtifact() throws {
         let path = ws.path("Artifacts/x/cams.h5")
         try FileManager.default.createDirectory(atPath: ws.path("Artifacts/x"), withIntermediateDirectories: true)

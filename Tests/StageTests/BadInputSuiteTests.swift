@@ -138,6 +138,14 @@ final class BadInputSuiteTests: XCTestCase {
         f["empty"] = try write("empty.h5", Data())
         let datasetBytes = try Data(contentsOf: URL(fileURLWithPath: f["dataset"]!))
         f["half"] = try write("half.h5", datasetBytes.prefix(datasetBytes.count / 2))
+        // One byte changed deep inside (where HDF5 would read metadata or chunk data), and a
+        // damaged seal: both refused before libhdf5 reads the file.
+        var flipped = datasetBytes
+        flipped[flipped.count * 3 / 4] ^= 0x10
+        f["flipped"] = try write("flipped.h5", flipped)
+        var badSeal = datasetBytes
+        badSeal[Seal.magic.utf8.count + 7] = UInt8(ascii: "x")
+        f["bad_seal"] = try write("bad-seal.h5", badSeal)
         f["folder"] = path("a-folder")
         try FileManager.default.createDirectory(atPath: f["folder"]!, withIntermediateDirectories: true)
         f["regular"] = try write("regular-file", Data("a file, not a folder\n".utf8))
@@ -257,7 +265,7 @@ final class BadInputSuiteTests: XCTestCase {
         Case(stage: "classify-train", ins: ["dataset": "$cams"], expect: ["$cams: expected an artifact of kind 'dataset', found kind 'cams'"], sentinel: "checkpoint"),
         Case(stage: "classify-train", ins: ["dataset": "$random"], expect: ["$random: not an HDF5 file"]),
         Case(stage: "classify-train", ins: ["dataset": "$empty"], expect: ["$empty: not an HDF5 file"]),
-        Case(stage: "classify-train", ins: ["dataset": "$half"], expect: ["$half: HDF5 file is truncated or corrupt"], sentinel: "checkpoint"),
+        Case(stage: "classify-train", ins: ["dataset": "$half"], expect: ["$half: HDF5 file is truncated: "], sentinel: "checkpoint"),
         Case(stage: "classify-train", ins: ["dataset": "-"], expect: ["missing input 'dataset': pass --in dataset=PATH"]),
         Case(stage: "classify-train", ins: ["dataset": ""], expect: ["input 'dataset': the path is empty"]),
         Case(stage: "classify-train", ins: ["init": "$cams"], expect: ["$cams: expected an artifact of kind 'checkpoint', found kind 'cams'"], sentinel: "checkpoint"),
@@ -275,7 +283,10 @@ final class BadInputSuiteTests: XCTestCase {
         // extract-attention: the checkpoint against the dataset, parameters.
         Case(stage: "extract-attention", ins: ["checkpoint": "$missing"], expect: ["$missing: no such file"], sentinel: "cams"),
         Case(stage: "extract-attention", ins: ["checkpoint": "$dataset"], expect: ["$dataset: expected an artifact of kind 'checkpoint', found kind 'dataset'"]),
-        Case(stage: "extract-attention", ins: ["checkpoint": "$half"], expect: ["$half: HDF5 file is truncated or corrupt"]),
+        Case(stage: "extract-attention", ins: ["checkpoint": "$half"], expect: ["$half: HDF5 file is truncated: "]),
+        Case(stage: "extract-attention", ins: ["dataset": "$flipped"], expect: ["$flipped: HDF5 file is damaged: its bytes no longer match the checksum it was written with"]),
+        Case(stage: "pseudo-label", ins: ["dataset": "$flipped"], expect: ["$flipped: HDF5 file is damaged: its bytes no longer match the checksum it was written with"]),
+        Case(stage: "seg-train", ins: ["dataset": "$bad_seal"], expect: ["$bad_seal: HDF5 file is damaged: its seal (the checksum block at its start) is unreadable"]),
         Case(stage: "extract-attention", ins: ["checkpoint": "$checkpoint_two"], expect: ["checkpoint $checkpoint_two does not fit dataset $dataset: the classifier has 2 classes, the dataset 10"], sentinel: "attention"),
         Case(stage: "extract-attention", ins: ["checkpoint": "$checkpoint_renamed"], expect: ["checkpoint $checkpoint_renamed does not fit dataset $dataset: the classifier has other class names"]),
         Case(stage: "extract-attention", ins: ["dataset": "$labels"], expect: ["$labels: expected an artifact of kind 'dataset', found kind 'labels'"]),
@@ -347,7 +358,7 @@ final class BadInputSuiteTests: XCTestCase {
         // single-stage-train.
         Case(stage: "single-stage-train", ins: ["dataset": "$labels"], expect: ["$labels: expected an artifact of kind 'dataset', found kind 'labels'"], sentinel: "checkpoint"),
         Case(stage: "single-stage-train", ins: ["init": "$cams"], expect: ["$cams: expected an artifact of kind 'checkpoint', found kind 'cams'"]),
-        Case(stage: "single-stage-train", ins: ["dataset": "$half"], expect: ["$half: HDF5 file is truncated or corrupt"]),
+        Case(stage: "single-stage-train", ins: ["dataset": "$half"], expect: ["$half: HDF5 file is truncated: "]),
         Case(stage: "single-stage-train", params: ["method=x"], expect: ["parameter 'method' is invalid: 'x' is not one of baseline, fsr"]),
         Case(stage: "single-stage-train", params: ["teacher_momentum=2"], expect: ["parameter 'teacher_momentum' must be in [0, 1], got 2"]),
         Case(stage: "single-stage-train", params: ["batch_size=100000000"], expect: ["parameter 'batch_size' asks for training batches of 100000000 images", "lower it"], sentinel: "predictions"),
@@ -361,7 +372,7 @@ final class BadInputSuiteTests: XCTestCase {
         Case(stage: "evaluate", ins: ["subject": "$checkpoint"], expect: ["$checkpoint: evaluate scores artifacts of kind 'cams', 'labels' or 'predictions', found kind 'checkpoint'"]),
         Case(stage: "evaluate", ins: ["subject": "$attention"], expect: ["$attention: evaluate scores artifacts of kind", "found kind 'attention'"]),
         Case(stage: "evaluate", ins: ["subject": "$dataset"], expect: ["$dataset: evaluate scores artifacts of kind", "found kind 'dataset'"]),
-        Case(stage: "evaluate", ins: ["subject": "$half"], expect: ["$half: HDF5 file is truncated or corrupt"]),
+        Case(stage: "evaluate", ins: ["subject": "$half"], expect: ["$half: HDF5 file is truncated: "]),
         Case(stage: "evaluate", ins: ["subject": "$plain_h5"], expect: ["$plain_h5: not an artifact (no 'kind' attribute)"]),
         Case(stage: "evaluate", ins: ["dataset": "$plain_h5"], expect: ["$plain_h5: not an artifact (no 'kind' attribute)"]),
         Case(stage: "cam-refine", ins: ["cams": "$future_cams"], expect: ["$future_cams: artifact of kind 'cams' has format version 99"]),
