@@ -23,10 +23,13 @@ mode() { case $1 in artifact) echo "-fork=1 -ignore_timeouts=1 -ignore_crashes=1
 
 # Replays one finding and prints "libhdf5" when the first frame of its report outside the
 # sanitizer runtime is inside libhdf5 (a bug of the library's own on a corrupt file), else "ours".
+# An out-of-memory finding is replayed with a 1 GB malloc limit, so that the allocation that
+# drove the RSS over its limit reports its own stack (an RSS overrun alone has none).
 owner() {
-  local frame
+  local frame limit=1048576
+  case $(basename "$3") in oom-*) limit=1024;; esac
   frame=$(LSAN_OPTIONS="$2" ASAN_OPTIONS=allocator_may_return_null=1:detect_leaks=1 \
-    timeout 60 .build-fuzz/debug/$1 -malloc_limit_mb=1048576 -timeout=30 "$3" 2>&1 \
+    timeout 60 .build-fuzz/debug/$1 -malloc_limit_mb=$limit -rss_limit_mb=2048 -timeout=30 "$3" 2>&1 \
     | sed -n '/ERROR: \(AddressSanitizer\|LeakSanitizer\|libFuzzer\)/,$p' | grep -E '^ +#[0-9]+ ' \
     | grep -v -E 'compiler-rt|libFuzzer|fuzzer::' | head -n 1)
   case $frame in *libhdf5*) echo libhdf5;; *) echo ours;; esac
