@@ -1,23 +1,11 @@
 import Foundation
+import TestSupport
 import XCTest
 @testable import ArtifactStore
 
 /// Every file this project writes is sealed (length and SHA-256 in its user block); damage of any
 /// kind is refused by `HDF5File.open` with one message naming the file, before libhdf5 reads it.
-final class SealTests: XCTestCase {
-    var folder: URL!
-
-    override func setUpWithError() throws {
-        folder = FileManager.default.temporaryDirectory.appendingPathComponent("seal-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
-    }
-
-    override func tearDownWithError() throws {
-        try? FileManager.default.removeItem(at: folder)
-    }
-
-    func path(_ name: String) -> String { folder.appendingPathComponent(name).path }
-
+final class SealTests: TemporaryFolderTestCase {
     func writeArtifact(_ name: String) throws -> Data {
         let writer = try ArtifactWriter(path: path(name), provenance: Provenance(kind: .cams, formatVersion: 1, producer: "seal test"))
         try writer.root.write("maps", (0..<4096).map { Float($0) }, shape: [64, 64])
