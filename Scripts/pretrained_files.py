@@ -104,6 +104,9 @@ def atomic_h5(out, prefix=".import-"):
         with h5_for_seal(tmp) as h:
             yield h
         seal(tmp)
+        mask = os.umask(0)  # mkstemp made it private; give it the mode a plain open() would
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)
         os.replace(tmp, out)
     except BaseException:
         os.unlink(tmp)
