@@ -20,6 +20,7 @@ struct Params: StageParameters {
         "constant_background": .probability, "constant_foreground": .probability, "epochs": .atLeast(1),
         "batch_size": .atLeast(1), "lr": .positive, "weight_decay": .nonNegative, "feature_dim": .atLeast(1),
         "hidden": .atLeast(1), "radius": .atLeast(1), "beta": .positive, "logt": .between(0, 16), "samples": .nonNegative,
+        "input_size": .between(0, 4096),
     ]
     var seed = 0
     /// power: background (1 - max M)^alpha_low / ^alpha_high (PSA); constant: fixed scores.
@@ -50,12 +51,17 @@ struct Params: StageParameters {
     var walk = Walk.iterated
     var useEMA = true
     var samples = 8
+    /// Side in pixels at which the frozen backbone sees each image for the affinity features
+    /// (a multiple of its patch size): a finer token grid than the classifier's gives the walk
+    /// finer boundaries (224 px: 16x16 tokens of a ViT-S/14 instead of 8x8 at 112 px). 0: the
+    /// classifier's training size (images whose sides are multiples of the patch run as they are).
+    var inputSize = 0
 
     enum CodingKeys: String, CodingKey {
         case seed, backgroundMode = "background_mode", alphaLow = "alpha_low", alphaHigh = "alpha_high"
         case constantForeground = "constant_foreground", constantBackground = "constant_background"
         case radius, hidden, featureDim = "feature_dim", epochs, batchSize = "batch_size", lr, weightDecay = "weight_decay"
-        case beta, logt, alphaWalk = "alpha_walk", walk, useEMA = "use_ema", samples
+        case beta, logt, alphaWalk = "alpha_walk", walk, useEMA = "use_ema", samples, inputSize = "input_size"
     }
     init() {}
 }
@@ -93,6 +99,15 @@ StageMain.run(spec, parameters: Params.self) { ctx in
     }
     let model = try checkpoint.makeModel(useEMA: p.useEMA)
     let patch = checkpoint.config.patchSize
+    guard p.inputSize == 0 || p.inputSize % patch == 0 else {
+        throw StageError("parameter 'input_size' must be 0 or a multiple of the backbone's patch size \(patch), got \(p.inputSize)")
+    }
+    // Every image's features are held for the affinity head's epochs.
+    if p.inputSize > 0 {
+        let tokens = Double((p.inputSize / patch) * (p.inputSize / patch))
+        try MemoryBudget.check(bytes: Double(maps.count) * tokens * Double(checkpoint.config.dim) * 4 * 1.5, parameter: "input_size",
+                               what: "\(maps.count) images' features on a \(p.inputSize / patch)x\(p.inputSize / patch) token grid")
+    }
 
     var labelling = TokenLabelling()
     labelling.mode = p.backgroundMode
@@ -111,12 +126,12 @@ StageMain.run(spec, parameters: Params.self) { ctx in
         let image = try split.image(index)
         // Images whose sides are multiples of the patch size run as they are; others (a pretrained
         // ViT's 14 px patches on 64 px scenes) at the model's training size, as extract-attention does.
-        let native = image.width % patch == 0 && image.height % patch == 0
+        let native = p.inputSize == 0 && image.width % patch == 0 && image.height % patch == 0
         let input: Tensor
         if native {
             input = normalised(image, mean: checkpoint.normalization.mean, std: checkpoint.normalization.std)
         } else {
-            let size = checkpoint.config.imageSize
+            let size = p.inputSize > 0 ? p.inputSize : checkpoint.config.imageSize
             input = Tensor(shape: [1, size, size, 3])
             image.pixels.withUnsafeBufferPointer {
                 ImageAugmenter.resize($0.baseAddress!, width: image.width, height: image.height, into: input.data, size: size,
@@ -215,6 +230,7 @@ StageMain.run(spec, parameters: Params.self) { ctx in
     // Training outcome beside the parameters (provenance), so a run can be compared with another.
     let root = writer.artifact.root
     try root.setAttribute("psa_pairs_per_epoch", Int64(pairCount))
+    if let first = items.first { try root.setAttribute("psa_token_grid", "\(first.gridH)x\(first.gridW)") }
     try root.setAttribute("blas", blasLine)
     try root.setAttribute("psa_final_loss", lastParts?.total ?? .nan)
     try root.setAttribute("psa_walk_changed_fraction", Double(changed) / Double(max(total, 1)))

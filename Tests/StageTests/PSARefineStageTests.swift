@@ -92,6 +92,38 @@ final class PSARefineStageTests: XCTestCase {
         XCTAssertEqual(values.count, 32 * 32)
     }
 
+    /// `input_size` runs the frozen backbone at another size for the affinity features: a finer
+    /// token grid for the walk, the labels still at image resolution; a size the patch does not
+    /// divide is refused before anything is written.
+    func testInputSizeGivesTheWalkAFinerTokenGrid() throws {
+        let dataset = try StageHarness.tinyDataset(in: folder)  // 32 px scenes
+        let classes = try DatasetReader(path: dataset).classNames
+        try StageHarness.writeMapsFromTruth(dataset: dataset, to: path("cams.h5"), factor: 4)
+        try writeCheckpoint(classNames: classes, to: path("ckpt.h5"))  // trained at 32 px, patch 4: 8x8
+        for (size, grid) in [(0, "8x8"), (64, "16x16")] {
+            let result = try refine(dataset: dataset, cams: path("cams.h5"), checkpoint: path("ckpt.h5"), extra: ["--param", "input_size=\(size)"])
+            XCTAssertEqual(result.status, 0, result.stderr)
+            let labels = try LabelMapsReader(path: path("psa.h5"), kind: .labels)
+            XCTAssertEqual(try labels.artifact.root.stringAttribute("psa_token_grid"), grid)
+            let split = try DatasetReader(path: dataset).split("val")
+            var agree = 0, total = 0
+            for n in 0..<labels.count {
+                let (h, w, values) = try labels.labels(n)
+                XCTAssertEqual([h, w], [32, 32])
+                let mask = try split.mask(labels.imageIndices[n])
+                agree += zip(values, mask.labels).reduce(0) { $0 + ($1.0 == $1.1 ? 1 : 0) }
+                total += values.count
+            }
+            XCTAssertGreaterThan(Double(agree) / Double(total), 0.7, "input_size \(size)")
+        }
+        try FileManager.default.removeItem(atPath: path("psa.h5"))
+        let refused = try refine(dataset: dataset, cams: path("cams.h5"), checkpoint: path("ckpt.h5"), extra: ["--param", "input_size=30"])
+        XCTAssertEqual(refused.status, 1)
+        XCTAssertEqual(refused.stderr.split(separator: "\n").last.map(String.init),
+                       "error: psa-refine: parameter 'input_size' must be 0 or a multiple of the backbone's patch size 4, got 30")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: path("psa.h5")))
+    }
+
     func testRefusesOtherClassesAndOtherDatasets() throws {
         let dataset = try StageHarness.tinyDataset(in: folder)
         let classes = try DatasetReader(path: dataset).classNames
