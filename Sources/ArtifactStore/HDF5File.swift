@@ -55,8 +55,8 @@ public final class HDF5File {
         let access = strongCloseAccess()
         defer { H5Pclose(access) }
         // The root group, like every object made here, carries no modification time (see
-        // `untimed`): the same content written twice gives the same bytes.
-        let creation = compactLinks(untimed(H5Pcreate(wsss_H5P_FILE_CREATE())))
+        // `objectDefaults`): the same content written twice gives the same bytes.
+        let creation = compactLinks(objectDefaults(H5Pcreate(wsss_H5P_FILE_CREATE())))
         defer { H5Pclose(creation) }
         // Room for the seal, and the file format of HDF5 1.8 on: its superblock, object headers
         // and heaps carry checksums, so HDF5 itself also notices damaged metadata.
@@ -132,20 +132,26 @@ public final class HDF5File {
     deinit { close() }
 }
 
-/// HDF5 stamps each object it creates with the time unless told not to; artifacts must not vary
-/// with the clock (a rerun has to reproduce its bytes for the runner's cache to see "unchanged").
-/// Attributes stay in the object's header (checksummed in this file format) up to 1000 of them,
-/// rather than moving to a fractal heap after 8, whose blocks carry no checksum.
-func untimed(_ creationProperties: hid_t) -> hid_t {
+/// What every object this store creates shares: no creation time (HDF5 stamps one unless told
+/// not to; artifacts must not vary with the clock, or a rerun could not reproduce its bytes for the
+/// runner's cache to see "unchanged"), and attributes kept in the object's header (checksummed in
+/// this file format) up to 1000 of them, rather than in a fractal heap after 8, whose blocks carry
+/// no checksum.
+func objectDefaults(_ creationProperties: hid_t) -> hid_t {
     H5Pset_obj_track_times(creationProperties, false)
     H5Pset_attr_phase_change(creationProperties, 1000, 900)
     return creationProperties
 }
 
-/// Links of a group (or the root) stay in its checksummed header up to 1000 (see `untimed`).
+/// Links of a group (or the root) stay in its checksummed header up to 1000 (see `objectDefaults`).
 func compactLinks(_ creationProperties: hid_t) -> hid_t {
     H5Pset_link_phase_change(creationProperties, 1000, 900)
     return creationProperties
+}
+
+/// Creation properties of every group made here (the caller closes them).
+func groupDefaults() -> hid_t {
+    compactLinks(objectDefaults(H5Pcreate(wsss_H5P_GROUP_CREATE())))
 }
 
 /// A group inside an open file: datasets, subgroups and attributes.
@@ -183,7 +189,7 @@ public final class HDF5Group {
     }
 
     public func createGroup(_ name: String) throws -> HDF5Group {
-        let creation = compactLinks(untimed(H5Pcreate(wsss_H5P_GROUP_CREATE())))
+        let creation = groupDefaults()
         defer { H5Pclose(creation) }
         let gid = H5Gcreate2(id, name, wsss_H5P_DEFAULT(), creation, wsss_H5P_DEFAULT())
         guard gid >= 0 else { throw StoreError.hdf5(path: file.path, "cannot create group '\(childPath(name))'") }
@@ -191,15 +197,15 @@ public final class HDF5Group {
         return try HDF5Group(file: file, path: childPath(name))
     }
 
-    /// Creates the missing groups on the way to `name` ("m/blocks.0.weight" needs "m"), untimed
-    /// like every other object (HDF5's own intermediate groups would carry a time).
+    /// Creates the missing groups on the way to `name` ("m/blocks.0.weight" needs "m"), with
+    /// `groupDefaults` like every other group (HDF5's own intermediate groups would carry a time).
     func createParentGroups(of name: String) throws {
         let parts = name.split(separator: "/").dropLast()
         var prefix = ""
         for part in parts {
             prefix += prefix.isEmpty ? String(part) : "/" + part
             guard H5Lexists(id, prefix, wsss_H5P_DEFAULT()) <= 0 else { continue }
-            let creation = compactLinks(untimed(H5Pcreate(wsss_H5P_GROUP_CREATE())))
+            let creation = groupDefaults()
             defer { H5Pclose(creation) }
             let gid = H5Gcreate2(id, prefix, wsss_H5P_DEFAULT(), creation, wsss_H5P_DEFAULT())
             guard gid >= 0 else { throw StoreError.hdf5(path: file.path, "cannot create group '\(childPath(prefix))'") }
@@ -237,7 +243,7 @@ public final class HDF5Group {
     }
 
     func makeCreationProperties(chunk: [Int], compression: Compression) -> hid_t {
-        let dcpl = untimed(H5Pcreate(wsss_H5P_DATASET_CREATE()))
+        let dcpl = objectDefaults(H5Pcreate(wsss_H5P_DATASET_CREATE()))
         var chunkDims = chunk.map { hsize_t($0) }
         H5Pset_chunk(dcpl, Int32(chunkDims.count), &chunkDims)
         if case .zstd(let level) = compression {
