@@ -20,7 +20,7 @@ struct Params: StageParameters {
         "constant_background": .probability, "constant_foreground": .probability, "epochs": .atLeast(1),
         "batch_size": .atLeast(1), "lr": .positive, "weight_decay": .nonNegative, "feature_dim": .atLeast(1),
         "hidden": .atLeast(1), "radius": .atLeast(1), "beta": .positive, "logt": .between(0, 16), "samples": .nonNegative,
-        "input_size": .between(0, 4096),
+        "input_size": .between(0, 4096), "feature_batch": .atLeast(1),
     ]
     var seed = 0
     /// power: background (1 - max M)^alpha_low / ^alpha_high (PSA); constant: fixed scores.
@@ -56,12 +56,15 @@ struct Params: StageParameters {
     /// finer boundaries (224 px: 16x16 tokens of a ViT-S/14 instead of 8x8 at 112 px). 0: the
     /// classifier's training size (images whose sides are multiples of the patch run as they are).
     var inputSize = 0
+    /// Images of one size per forward pass of the frozen backbone (one GEMM per layer for the
+    /// batch; 1 = image by image). Recorded: float rounding may differ with the batch.
+    var featureBatch = 16
 
     enum CodingKeys: String, CodingKey {
         case seed, backgroundMode = "background_mode", alphaLow = "alpha_low", alphaHigh = "alpha_high"
         case constantForeground = "constant_foreground", constantBackground = "constant_background"
         case radius, hidden, featureDim = "feature_dim", epochs, batchSize = "batch_size", lr, weightDecay = "weight_decay"
-        case beta, logt, alphaWalk = "alpha_walk", walk, useEMA = "use_ema", samples, inputSize = "input_size"
+        case beta, logt, alphaWalk = "alpha_walk", walk, useEMA = "use_ema", samples, inputSize = "input_size", featureBatch = "feature_batch"
     }
     init() {}
 }
@@ -121,32 +124,47 @@ StageMain.run(spec, parameters: Params.self) { ctx in
     var items: [Item] = []
     var dim = 0
     let extract = ProgressReporter("psa-refine features", total: maps.count, unit: "img")
-    for n in 0..<maps.count {
-        let index = maps.imageIndices[n]
-        let image = try split.image(index)
-        // Images whose sides are multiples of the patch size run as they are; others (a pretrained
-        // ViT's 14 px patches on 64 px scenes) at the model's training size, as extract-attention does.
-        let native = p.inputSize == 0 && image.width % patch == 0 && image.height % patch == 0
-        let input: Tensor
-        if native {
-            input = normalised(image, mean: checkpoint.normalization.mean, std: checkpoint.normalization.std)
-        } else {
-            let size = p.inputSize > 0 ? p.inputSize : checkpoint.config.imageSize
-            input = Tensor(shape: [1, size, size, 3])
-            image.pixels.withUnsafeBufferPointer {
-                ImageAugmenter.resize($0.baseAddress!, width: image.width, height: image.height, into: input.data, size: size,
-                                      normalization: checkpoint.normalization)
-            }
+    /// The model's input for image n: native size when its sides are multiples of the patch
+    /// size, else resized (a pretrained ViT's 14 px patches on 64 px scenes) to input_size or the
+    /// model's training size, as extract-attention does.
+    func modelInput(_ n: Int) throws -> Tensor {
+        let image = try split.image(maps.imageIndices[n])
+        if p.inputSize == 0 && image.width % patch == 0 && image.height % patch == 0 {
+            return normalised(image, mean: checkpoint.normalization.mean, std: checkpoint.normalization.std)
         }
-        let (gh, gw) = (input.shape[1] / patch, input.shape[2] / patch)
-        let acts = model.forward(images: input, training: false)
+        let size = p.inputSize > 0 ? p.inputSize : checkpoint.config.imageSize
+        let input = Tensor(shape: [1, size, size, 3])
+        image.pixels.withUnsafeBufferPointer {
+            ImageAugmenter.resize($0.baseAddress!, width: image.width, height: image.height, into: input.data, size: size,
+                                  normalization: checkpoint.normalization)
+        }
+        return input
+    }
+    let featureBatch = p.featureBatch
+    var n = 0
+    while n < maps.count {
+        var inputs = [try modelInput(n)]
+        while inputs.count < featureBatch, n + inputs.count < maps.count {
+            let next = try modelInput(n + inputs.count)
+            guard next.shape == inputs[0].shape else { break }
+            inputs.append(next)
+        }
+        let (h, w) = (inputs[0].shape[1], inputs[0].shape[2])
+        let batch = Tensor(shape: [inputs.count, h, w, 3])
+        for (i, input) in inputs.enumerated() { (batch.data + i * h * w * 3).update(from: input.data, count: h * w * 3) }
+        let (gh, gw) = (h / patch, w / patch)
+        let acts = model.forward(images: batch, training: false)
         dim = acts.features.shape[2]
-        let entry = try maps.maps(n)
-        let values = resizePlanes(entry.values, count: entry.classes.count, width: entry.width, height: entry.height, toWidth: gw, toHeight: gh)
-        let tokenMaps = ClassMaps(classes: entry.classes, height: gh, width: gw, values: values)
-        let labels = values.withUnsafeBufferPointer { labelling.labels(maps: $0, classes: entry.classes, pixels: gh * gw) }
-        items.append(Item(index: index, gridH: gh, gridW: gw, features: acts.features.toArray(), maps: tokenMaps, labels: labels))
-        extract.advance()
+        for i in inputs.indices {
+            let entry = try maps.maps(n + i)
+            let values = resizePlanes(entry.values, count: entry.classes.count, width: entry.width, height: entry.height, toWidth: gw, toHeight: gh)
+            let tokenMaps = ClassMaps(classes: entry.classes, height: gh, width: gw, values: values)
+            let labels = values.withUnsafeBufferPointer { labelling.labels(maps: $0, classes: entry.classes, pixels: gh * gw) }
+            let features = Array(UnsafeBufferPointer(start: acts.features.data + i * gh * gw * dim, count: gh * gw * dim))
+            items.append(Item(index: maps.imageIndices[n + i], gridH: gh, gridW: gw, features: features, maps: tokenMaps, labels: labels))
+            extract.advance()
+        }
+        n += inputs.count
     }
 
     // 2. Train the affinity head on pairs of confident tokens.

@@ -124,6 +124,27 @@ final class PSARefineStageTests: XCTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: path("psa.h5")))
     }
 
+    /// The frozen backbone's features come in batches of `feature_batch` images of one size; the
+    /// batch changes no more than float rounding (6 images: batches of 4 + 2 against 1 each).
+    func testFeatureBatchesGiveTheSameLabelsAsOneImageAtATime() throws {
+        let dataset = try StageHarness.tinyDataset(in: folder)
+        let classes = try DatasetReader(path: dataset).classNames
+        try StageHarness.writeMapsFromTruth(dataset: dataset, to: path("cams.h5"), factor: 4)
+        try writeCheckpoint(classNames: classes, to: path("ckpt.h5"))
+        var runs: [[[UInt8]]] = []
+        for batch in [1, 4] {
+            let result = try refine(dataset: dataset, cams: path("cams.h5"), checkpoint: path("ckpt.h5"), extra: ["--param", "feature_batch=\(batch)"])
+            XCTAssertEqual(result.status, 0, result.stderr)
+            let labels = try LabelMapsReader(path: path("psa.h5"), kind: .labels)
+            XCTAssertTrue(labels.artifact.provenance.paramsJSON.contains("\"feature_batch\":\(batch)"), labels.artifact.provenance.paramsJSON)
+            runs.append(try (0..<labels.count).map { try labels.labels($0).values })
+        }
+        XCTAssertEqual(runs[0].count, 6)
+        let pixels = runs[0].reduce(0) { $0 + $1.count }
+        let same = zip(runs[0], runs[1]).reduce(0) { total, pair in total + zip(pair.0, pair.1).filter { $0 == $1 }.count }
+        XCTAssertGreaterThanOrEqual(Double(same) / Double(pixels), 0.999)
+    }
+
     func testRefusesOtherClassesAndOtherDatasets() throws {
         let dataset = try StageHarness.tinyDataset(in: folder)
         let classes = try DatasetReader(path: dataset).classNames
