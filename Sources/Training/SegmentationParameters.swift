@@ -13,6 +13,11 @@ public struct SegmentationParameters: Codable, Equatable {
     public var weightDecay = 0.01
     public var clipGradNorm = 1.0
     public var polyPower = 0.9
+    /// Linear warm-up over this fraction of the steps from warmup_ratio x lr (ToCo: 1500 of
+    /// 20000 iterations from 1e-6; FSR: from 0.1), then lr_decay: poly (ToCo) or cosine (FSR).
+    public var warmupFraction = 0.0
+    public var warmupRatio = 0.1
+    public var lrDecay = SegLRSchedule.Decay.poly
     public var scaleMin = 0.75
     public var scaleMax = 1.5
     public var flip = true
@@ -47,6 +52,7 @@ public struct SegmentationParameters: Codable, Equatable {
     public static let rules: [String: ParameterRule] = [
         "seed": .nonNegative, "epochs": .atLeast(1), "batch_size": .atLeast(1), "lr": .positive, "backbone_lr_mult": .nonNegative,
         "weight_decay": .nonNegative, "clip_grad_norm": .nonNegative, "poly_power": .nonNegative, "scale_min": .positive,
+        "warmup_fraction": .probability, "warmup_ratio": .probability,
         "scale_max": .positive, "color_jitter": .nonNegative, "decoder_channels": .atLeast(1), "dilations": .atLeast(1),
         "detail_channels": .nonNegative, "image_size": .between(0, 4096), "patch_size": .atLeast(1), "depth": .atLeast(1),
         "dim": .atLeast(1), "heads": .atLeast(1), "frozen_blocks": .nonNegative, "eval_scales": .between(0.1, 8),
@@ -58,6 +64,7 @@ public struct SegmentationParameters: Codable, Equatable {
     enum CodingKeys: String, CodingKey {
         case seed, epochs, batchSize = "batch_size", lr, backboneLRMultiplier = "backbone_lr_mult"
         case weightDecay = "weight_decay", clipGradNorm = "clip_grad_norm", polyPower = "poly_power"
+        case warmupFraction = "warmup_fraction", warmupRatio = "warmup_ratio", lrDecay = "lr_decay"
         case scaleMin = "scale_min", scaleMax = "scale_max", flip, colorJitter = "color_jitter"
         case decoderChannels = "decoder_channels", dilations, detailChannels = "detail_channels", imageSize = "image_size", patchSize = "patch_size"
         case depth, dim, heads, stem, backbone, frozenBlocks = "frozen_blocks", evalScales = "eval_scales", evalFlip = "eval_flip", valEvery = "val_every", samples
@@ -99,6 +106,9 @@ public struct SegmentationParameters: Codable, Equatable {
         settings.clipGradNorm = clipGradNorm
         settings.polyPower = polyPower
         settings.totalSteps = totalSteps
+        settings.warmupSteps = Int((Double(totalSteps) * warmupFraction).rounded())
+        settings.warmupRatio = warmupRatio
+        settings.decay = lrDecay
         return settings
     }
 

@@ -154,6 +154,9 @@ StageMain.run(spec, parameters: Params.self) { ctx in
                                    mlpRatio: backbone.config.mlpRatio, projectorHidden: s.projectorHidden,
                                    bottleneck: s.projectorBottleneck, outDim: s.projectorOutDim)
         do { head = try FSRHead(config: config, seed: UInt64(p.seed) &+ 2) } catch { throw StageError("FSR head: \(error)") }
+        // The reference aggregates with the encoder's own (pretrained) class token as the query.
+        let query = head!.parameters.first { $0.name == "fsr.aggregate.cls_token" }!.value
+        query.copy(from: backbone.parameters.first { $0.name == "cls_token" }!.value)
     }
     let run: SingleStageRun
     do {

@@ -181,11 +181,29 @@ final class SegmentationTests: XCTestCase {
     }
 
     func testPolySchedule() {
-        let s = PolySchedule(peakLR: 0.01, totalSteps: 100, power: 0.9)
+        let s = SegLRSchedule(peakLR: 0.01, totalSteps: 100, power: 0.9)
         XCTAssertEqual(s.lr(atStep: 0), 0.01)
         XCTAssertEqual(s.lr(atStep: 50), 0.01 * pow(0.5, 0.9), accuracy: 1e-15)
         XCTAssertEqual(s.lr(atStep: 100), 0)
         XCTAssertEqual(s.lr(atStep: 120), 0)
+    }
+
+    /// The references' warm-up (ToCo's PolyWarmupAdamW, FSR's CosWarmupAdamW): linear from
+    /// ratio x peak at step 0 towards the peak; then poly on s / T, or a cosine over the rest.
+    func testWarmupThenPolyOrCosine() {
+        let poly = SegLRSchedule(peakLR: 0.01, totalSteps: 100, power: 0.9, warmupSteps: 10, warmupRatio: 0.1, decay: .poly)
+        XCTAssertEqual(poly.lr(atStep: 0), 0.001, accuracy: 1e-15)
+        XCTAssertEqual(poly.lr(atStep: 5), 0.01 * (0.1 + 0.9 * 0.5), accuracy: 1e-15)
+        XCTAssertEqual(poly.lr(atStep: 10), 0.01 * pow(0.9, 0.9), accuracy: 1e-15)
+        let cosine = SegLRSchedule(peakLR: 0.01, totalSteps: 100, warmupSteps: 10, warmupRatio: 0.1, decay: .cosine)
+        XCTAssertEqual(cosine.lr(atStep: 9), 0.01 * (0.1 + 0.9 * 0.9), accuracy: 1e-15)
+        XCTAssertEqual(cosine.lr(atStep: 10), 0.01, accuracy: 1e-15)
+        XCTAssertEqual(cosine.lr(atStep: 55), 0.005, accuracy: 1e-15)
+        XCTAssertEqual(cosine.lr(atStep: 100), 0, accuracy: 1e-15)
+        // Settings recorded before warm-up existed decode to none, on poly.
+        let old = #"{"lr":0.001,"backbone_lr_mult":0.1,"weight_decay":0.01,"beta1":0.9,"beta2":0.999,"eps":1e-8,"clip_grad_norm":1,"total_steps":40,"poly_power":0.9}"#
+        let decoded = try! JSONDecoder().decode(SegOptimizerSettings.self, from: Data(old.utf8))
+        XCTAssertEqual(decoded.schedule, SegLRSchedule(peakLR: 0.001, totalSteps: 40, power: 0.9))
     }
 
     /// Labels follow the image's geometry: flips mirror, upscaling repeats (nearest), padding is 255.

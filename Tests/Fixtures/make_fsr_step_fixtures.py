@@ -18,7 +18,8 @@ train_final_voc.py, MaskGenerator, FSRLoss, DINO-style teacher):
   centres start at 0;
 - L_c = mean over images of CE, L_u = per image mean CE over its masked patches, mean over images;
   loss = L_cls(cam) + L_cls(cls) + w_c L_c + w_u L_u;
-- torch.optim.AdamW with four groups (backbone x0.1 lr, heads / fsr.* full lr; decay only on
+- torch.optim.AdamW with four groups (backbone and FSR's aggregation blocks x0.1 lr: the
+  reference's aggregation lives inside its encoder; heads / fsr.projector.* full lr; decay only on
   matrices other than cls_token, pos_embed, mask_token, fsr.aggregate.cls_token);
 - then the centres (momentum 0.9 toward the batch mean of the teacher's outputs) and the teacher
   EMA (momentum 0.9995 at step 0 of the cosine schedule) toward the updated student.
@@ -169,7 +170,7 @@ def reference_step(seg):
     grads = {name: (p.grad if p.grad is not None else torch.zeros_like(p)).clone() for name, p in student.items()}
 
     def group(name, p):
-        head_param = name.startswith(("cam_head.", "cls_head.", "fsr.", "decoder."))
+        head_param = name.startswith(("cam_head.", "cls_head.", "fsr.projector.", "decoder."))
         decay = p.dim() > 1 and name not in NO_DECAY
         return (1.0 if head_param else BACKBONE_MULT, decay)
     groups = {}

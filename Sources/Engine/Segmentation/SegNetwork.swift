@@ -1,4 +1,5 @@
 import Foundation
+import Primitives
 
 public typealias SegNetwork = SegNetworkOf<Float>
 
@@ -88,20 +89,37 @@ public final class SegNetworkOf<S: EngineScalar> {
     }
 }
 
-/// Poly learning-rate decay: lr * (1 - step / total)^power, per optimiser step (step 0-based).
-public struct PolySchedule: Codable, Equatable, Sendable {
+/// Learning rate per optimiser step of the segmentation trainers: a linear warm-up from
+/// warmupRatio x peak over warmupSteps (ToCo's PolyWarmupAdamW, FSR's CosWarmupAdamW), then
+/// poly decay peak (1 - s/T)^power (DeepLab, ToCo) or half a cosine over the steps after the
+/// warm-up (FSR), reaching 0 at T = totalSteps.
+public struct SegLRSchedule: Codable, Equatable, Sendable {
+    public enum Decay: String, ParameterChoice, Sendable { case poly, cosine }
     public var peakLR: Double
     public var totalSteps: Int
     public var power: Double
+    public var warmupSteps: Int
+    public var warmupRatio: Double
+    public var decay: Decay
 
-    public init(peakLR: Double, totalSteps: Int, power: Double = 0.9) {
-        precondition(totalSteps > 0, "poly schedule needs totalSteps > 0")
+    public init(peakLR: Double, totalSteps: Int, power: Double = 0.9, warmupSteps: Int = 0, warmupRatio: Double = 0.1, decay: Decay = .poly) {
+        precondition(totalSteps > 0 && warmupSteps >= 0, "schedule needs totalSteps > 0 and warmupSteps >= 0")
         self.peakLR = peakLR
         self.totalSteps = totalSteps
         self.power = power
+        self.warmupSteps = warmupSteps
+        self.warmupRatio = warmupRatio
+        self.decay = decay
     }
 
     public func lr(atStep step: Int) -> Double {
-        peakLR * pow(max(0, 1 - Double(min(step, totalSteps)) / Double(totalSteps)), power)
+        if step < warmupSteps { return peakLR * (warmupRatio + (1 - warmupRatio) * Double(step) / Double(warmupSteps)) }
+        switch decay {
+        case .poly:
+            return peakLR * pow(max(0, 1 - Double(min(step, totalSteps)) / Double(totalSteps)), power)
+        case .cosine:
+            let progress = min(1, Double(step - warmupSteps) / Double(max(totalSteps - warmupSteps, 1)))
+            return peakLR * 0.5 * (1 + cos(Double.pi * progress))
+        }
     }
 }

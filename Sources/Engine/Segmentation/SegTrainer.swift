@@ -13,12 +13,40 @@ public struct SegOptimizerSettings: Codable, Equatable, Sendable {
     public var clipGradNorm: Double = 1
     public var totalSteps: Int = 1
     public var polyPower: Double = 0.9
+    /// Linear warm-up from warmupRatio x lr over the first warmupSteps, then `decay`.
+    public var warmupSteps: Int = 0
+    public var warmupRatio: Double = 0.1
+    public var decay = SegLRSchedule.Decay.poly
 
     public init() {}
 
     enum CodingKeys: String, CodingKey {
         case lr, backboneLRMultiplier = "backbone_lr_mult", weightDecay = "weight_decay", beta1, beta2, eps
         case clipGradNorm = "clip_grad_norm", totalSteps = "total_steps", polyPower = "poly_power"
+        case warmupSteps = "warmup_steps", warmupRatio = "warmup_ratio", decay
+    }
+
+    /// Older checkpoints recorded no warm-up or decay: they trained without warm-up, on poly.
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        lr = try c.decode(Double.self, forKey: .lr)
+        backboneLRMultiplier = try c.decode(Double.self, forKey: .backboneLRMultiplier)
+        weightDecay = try c.decode(Double.self, forKey: .weightDecay)
+        beta1 = try c.decode(Double.self, forKey: .beta1)
+        beta2 = try c.decode(Double.self, forKey: .beta2)
+        eps = try c.decode(Double.self, forKey: .eps)
+        clipGradNorm = try c.decode(Double.self, forKey: .clipGradNorm)
+        totalSteps = try c.decode(Int.self, forKey: .totalSteps)
+        polyPower = try c.decode(Double.self, forKey: .polyPower)
+        warmupSteps = try c.decodeIfPresent(Int.self, forKey: .warmupSteps) ?? 0
+        warmupRatio = try c.decodeIfPresent(Double.self, forKey: .warmupRatio) ?? 0.1
+        decay = try c.decodeIfPresent(SegLRSchedule.Decay.self, forKey: .decay) ?? .poly
+    }
+
+    /// The learning rate per step these settings give.
+    public var schedule: SegLRSchedule {
+        SegLRSchedule(peakLR: lr, totalSteps: max(totalSteps, 1), power: polyPower, warmupSteps: min(warmupSteps, max(totalSteps, 1)),
+                      warmupRatio: warmupRatio, decay: decay)
     }
 }
 
@@ -38,7 +66,7 @@ public final class SegTrainer {
     public let network: SegNetwork
     public let settings: SegOptimizerSettings
     public let optimizer: AdamW
-    public let schedule: PolySchedule
+    public let schedule: SegLRSchedule
     public var step: Int { optimizer.stepCount }
     let trained: [(name: String, value: Tensor, grad: Tensor)]
     private var activations: SegNetwork.Activations?
@@ -65,7 +93,7 @@ public final class SegTrainer {
                 let group = decoder ? (decay ? Self.decoderDecay : Self.decoderNoDecay) : (decay ? Self.backboneDecay : Self.backboneNoDecay)
                 return OptimizedParameter(name: p.name, count: p.value.count, group: group)
             })
-        schedule = PolySchedule(peakLR: settings.lr, totalSteps: max(settings.totalSteps, 1), power: settings.polyPower)
+        schedule = settings.schedule
     }
 
     /// One step on images [B, S, S, 3] and labels [B, S, S] (0...C, 255 ignored). Throws, naming

@@ -65,8 +65,10 @@ public final class FSRHeadOf<S: EngineScalar> {
     let normW, normB: ParameterOf<S>
     let p1W, p1B, p2W, p2B, p3W, p3B, lastV: ParameterOf<S>
 
-    /// Trunc-normal(0.02) weights, zero biases, LayerNorm weight 1; the last layer's directions
-    /// are unit rows either way.
+    /// Trunc-normal(0.02) weights, zero biases, LayerNorm weight 1. The last layer keeps
+    /// PyTorch's default Linear init, U(+-1/sqrt(bottleneck)), as in DINO's head (its init runs
+    /// before the last layer exists): its directions are unit rows either way, but the size of
+    /// v sets how fast Adam turns them.
     public init(config: FSRHeadConfig, seed: UInt64) throws {
         try config.validate()
         self.config = config
@@ -104,6 +106,9 @@ public final class FSRHeadOf<S: EngineScalar> {
                 q.value.fill(1)
             } else if q.value.rank == 1 {
                 q.value.zero()
+            } else if q === lastV {
+                let bound = 1 / Double(config.bottleneck).squareRoot()
+                for i in 0..<q.value.count { q.value.data[i] = S((2 * rng.uniform() - 1) * bound) }
             } else {
                 q.value.fillTruncatedNormal(std: 0.02, rng: &rng)
             }

@@ -108,7 +108,7 @@ public final class SingleStageTrainer {
     public let teacher: ViT?
     public let teacherHead: FSRHead?
     public let optimizer: AdamW
-    public let schedule: PolySchedule
+    public let schedule: SegLRSchedule
     public let ema: ParameterEMA?
     /// Running centres of the teacher's class-token and patch-token logits.
     public let classCentre: Tensor?, patchCentre: Tensor?
@@ -141,7 +141,9 @@ public final class SingleStageTrainer {
             ParameterGroup(name: "head_decay", lrMultiplier: 1, weightDecay: settings.optimizer.weightDecay),
             ParameterGroup(name: "head_no_decay", lrMultiplier: 1, weightDecay: 0),
         ]
-        let headPrefixes = ParameterGrouping.headPrefixes + ["decoder.", "fsr."]
+        // FSR's aggregation blocks live inside the reference's encoder and train at its rate; the
+        // projector trains with the heads.
+        let headPrefixes = ParameterGrouping.headPrefixes + ["decoder.", "fsr.projector."]
         optimizer = AdamW(
             settings: .init(lr: settings.optimizer.lr, beta1: settings.optimizer.beta1, beta2: settings.optimizer.beta2, eps: settings.optimizer.eps),
             groups: groups,
@@ -151,7 +153,7 @@ public final class SingleStageTrainer {
                 return OptimizedParameter(name: p.name, count: p.value.count,
                                           group: isHead ? (decay ? Self.headDecay : Self.headNoDecay) : (decay ? Self.backboneDecay : Self.backboneNoDecay))
             })
-        schedule = PolySchedule(peakLR: settings.optimizer.lr, totalSteps: max(settings.optimizer.totalSteps, 1), power: settings.optimizer.polyPower)
+        schedule = settings.optimizer.schedule
         if settings.fsr, let head {
             // The teacher gets its own copy of a frozen stem: the stem keeps scratch buffers, and the
             // student's backward still needs its stem output while the teacher runs.
