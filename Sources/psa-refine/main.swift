@@ -112,6 +112,10 @@ StageMain.run(spec, parameters: Params.self) { ctx in
                                what: "\(maps.count) images' features on a \(p.inputSize / patch)x\(p.inputSize / patch) token grid")
     }
 
+    let featureSide = p.inputSize > 0 ? p.inputSize : checkpoint.config.imageSize
+    try MemoryBudget.check(bytes: checkpoint.config.activationBytes(batch: min(p.featureBatch, max(maps.count, 1)), imageSide: featureSide),
+                           parameter: "feature_batch", what: "forward passes of \(p.featureBatch) images at \(featureSide) px")
+
     var labelling = TokenLabelling()
     labelling.mode = p.backgroundMode
     labelling.alphaLow = p.alphaLow

@@ -340,6 +340,9 @@ final class BadInputSuiteTests: XCTestCase {
         Case(stage: "psa-refine", params: ["walk=x"], expect: ["parameter 'walk' is invalid: 'x' is not one of iterated, squaring"]),
         Case(stage: "psa-refine", params: ["lr=-1"], expect: ["parameter 'lr' must be > 0, got -1"]),
         Case(stage: "psa-refine", params: ["radius=2.5"], expect: ["parameter 'radius' must be a whole number, got 2.5"]),
+        Case(stage: "psa-refine", params: ["feature_batch=0"], expect: ["parameter 'feature_batch' must be >= 1, got 0"], sentinel: "labels"),
+        Case(stage: "psa-refine", params: ["input_size=512", "feature_batch=2"], environment: ["WSSS_MEMORY_LIMIT_MB": "100"],
+             expect: ["parameter 'feature_batch' asks for forward passes of 2 images at 512 px", "lower it"], sentinel: "labels"),
         Case(stage: "psa-refine", extra: ["--shard", "0/2"], expect: ["--shard: this stage does not split into shards"]),
 
         // seg-train: labels that do not fit, memory, parameters.
