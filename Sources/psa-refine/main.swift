@@ -146,11 +146,13 @@ StageMain.run(spec, parameters: Params.self) { ctx in
     }
     let featureBatch = p.featureBatch
     var n = 0
+    var pending: Tensor? = nil  // the input that ended the last batch by its size
     while n < maps.count {
-        var inputs = [try modelInput(n)]
+        var inputs = [try pending ?? modelInput(n)]
+        pending = nil
         while inputs.count < featureBatch, n + inputs.count < maps.count {
             let next = try modelInput(n + inputs.count)
-            guard next.shape == inputs[0].shape else { break }
+            guard next.shape == inputs[0].shape else { pending = next; break }
             inputs.append(next)
         }
         let (h, w) = (inputs[0].shape[1], inputs[0].shape[2])

@@ -145,6 +145,52 @@ final class PSARefineStageTests: XCTestCase {
         XCTAssertGreaterThanOrEqual(Double(same) / Double(pixels), 0.999)
     }
 
+    /// Images of different sizes (a VOC-layout folder) run at their own sizes: a batch ends where
+    /// the size changes, and the labels equal those of one image at a time.
+    func testFeatureBatchesFollowImagesOfDifferentSizes() throws {
+        let root = path("voc")
+        for sub in ["JPEGImages", "SegmentationClass", "ImageSets/Segmentation"] {
+            try FileManager.default.createDirectory(atPath: root + "/" + sub, withIntermediateDirectories: true)
+        }
+        let sizes = [(32, 32), (32, 32), (48, 32), (48, 32), (32, 32), (32, 48)]
+        for (i, (w, h)) in sizes.enumerated() {
+            var image = RGBImage(width: w, height: h)
+            var mask = LabelMap(width: w, height: h)
+            for y in 0..<h {
+                for x in 0..<w {
+                    let inside = x >= w / 4 && x < 3 * w / 4 && y >= h / 4 && y < 3 * h / 4
+                    image[x, y] = inside ? RGB(200, UInt8(40 + i * 20), 30) : RGB(20, 60, UInt8(90 + x))
+                    mask[x, y] = inside ? UInt8(1 + i % 3) : 0
+                }
+            }
+            try PNG.write(image, to: "\(root)/JPEGImages/im\(i).png")
+            try PNG.write(mask, to: "\(root)/SegmentationClass/im\(i).png")
+        }
+        try "im0\nim1\n".write(toFile: "\(root)/ImageSets/Segmentation/train.txt", atomically: true, encoding: .utf8)
+        try sizes.indices.map { "im\($0)" }.joined(separator: "\n").write(toFile: "\(root)/ImageSets/Segmentation/val.txt", atomically: true, encoding: .utf8)
+        let dataset = path("voc.h5")
+        let prepared = try StageHarness.run("prepare-data", ["--out", "dataset=\(dataset)", "--out", "contact_sheet=\(path("voc.png"))",
+                                                              "--param", "source=voc", "--param", "voc_root=\(root)"])
+        XCTAssertEqual(prepared.status, 0, prepared.stderr)
+        try StageHarness.writeMapsFromTruth(dataset: dataset, to: path("cams.h5"), factor: 4)
+        try writeCheckpoint(classNames: try DatasetReader(path: dataset).classNames, to: path("ckpt.h5"))  // patch 4: native sizes
+        var runs: [[[UInt8]]] = []
+        for batch in [1, 4] {
+            let result = try refine(dataset: dataset, cams: path("cams.h5"), checkpoint: path("ckpt.h5"), extra: ["--param", "feature_batch=\(batch)"])
+            XCTAssertEqual(result.status, 0, result.stderr)
+            let labels = try LabelMapsReader(path: path("psa.h5"), kind: .labels)
+            XCTAssertEqual(labels.count, sizes.count)
+            for n in 0..<labels.count {
+                let (h, w, _) = try labels.labels(n)
+                XCTAssertEqual([w, h], [sizes[labels.imageIndices[n]].0, sizes[labels.imageIndices[n]].1])
+            }
+            runs.append(try (0..<labels.count).map { try labels.labels($0).values })
+        }
+        let pixels = runs[0].reduce(0) { $0 + $1.count }
+        let same = zip(runs[0], runs[1]).reduce(0) { total, pair in total + zip(pair.0, pair.1).filter { $0 == $1 }.count }
+        XCTAssertGreaterThanOrEqual(Double(same) / Double(pixels), 0.999)
+    }
+
     func testRefusesOtherClassesAndOtherDatasets() throws {
         let dataset = try StageHarness.tinyDataset(in: folder)
         let classes = try DatasetReader(path: dataset).classNames
