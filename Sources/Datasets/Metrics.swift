@@ -101,6 +101,33 @@ public struct ConfusionMatrix: Equatable, Sendable {
         return found == 0 ? .nan : Double(right) / Double(found)
     }
 
+    /// True foreground pixels (classes 1...C; `foreground: false`, background 0) predicted as
+    /// background (0).
+    public func predictedBackground(foreground: Bool) -> Int64 {
+        foreground ? (1..<classCount).reduce(Int64(0)) { $0 + self[$1, 0] } : self[0, 0]
+    }
+
+    /// True foreground (or background) pixels scored, invalid predictions included.
+    public func total(foreground: Bool) -> Int64 {
+        (foreground ? 1..<classCount : 0..<1).reduce(Int64(0)) { sum, t in
+            sum + (0..<classCount).reduce(Int64(0)) { $0 + self[t, $1] } + invalidPredictions[t]
+        }
+    }
+
+    /// Of the true foreground pixels, the fraction predicted background: the object pixels a map
+    /// misses outright. NaN when there is no foreground.
+    public var foregroundAsBackground: Double {
+        let all = total(foreground: true)
+        return all == 0 ? .nan : Double(predictedBackground(foreground: true)) / Double(all)
+    }
+
+    /// Of the true background pixels, the fraction predicted as some object class. NaN when there
+    /// is no background.
+    public var backgroundAsForeground: Double {
+        let all = total(foreground: false)
+        return all == 0 ? .nan : Double((1..<classCount).reduce(Int64(0)) { $0 + self[0, $1] }) / Double(all)
+    }
+
     /// Each truth row divided by its total (invalid predictions included in the total): row t,
     /// column p is the fraction of class-t pixels predicted as p. NaN rows for absent classes.
     public var rowNormalized: [[Double]] {

@@ -121,9 +121,10 @@ struct Subject {
                 return RGBImage.hstack([try split.image(index), truth.colorized(), ColorMap.heatmap(top, width: truth.width, height: truth.height, range: 0...1),
                                         prediction.colorized()])
             }
+            let confusion = sweep.confusion(at: best.index)
             return Evaluation(
                 classNames: classNames, subjectKind: .cams, description: reader.description, split: split.name, images: tally.images,
-                confusion: sweep.confusion(at: best.index), extra: ["best_threshold": best.threshold],
+                confusion: confusion, extra: ["best_threshold": best.threshold].merging(missedPixels(confusion)) { a, _ in a },
                 sweep: (sweep.thresholds, sweep.meanIoUs), panels: panels)
         case .labelMaps(let reader):
             let panels = try panelEntries.map { n -> RGBImage in
@@ -131,15 +132,34 @@ struct Subject {
                 let (height, width, values) = try reader.labels(n)
                 return RGBImage.hstack([try split.image(index), try split.mask(index).colorized(), LabelMap(width: width, height: height, labels: values).colorized()])
             }
-            var extra: [String: Any] = [:]
+            var extra = missedPixels(tally.labelled!)
             if kind == .labels {
                 extra["coverage"] = tally.scoredPixels == 0 ? 0 : Double(tally.labelledPixels) / Double(tally.scoredPixels)
                 extra["miou_ignore_as_background"] = jsonNumber(tally.asBackground!.meanIoU)
+                // Shares of all true object (background) pixels, the uncertain ones included:
+                // `asBackground` counts them as background, `labelled` leaves them out.
+                let labelled = tally.labelled!, all = tally.asBackground!
+                let objects = Double(all.total(foreground: true)), background = Double(all.total(foreground: false))
+                let uncertainObjects = all.predictedBackground(foreground: true) - labelled.predictedBackground(foreground: true)
+                let uncertainBackground = all.predictedBackground(foreground: false) - labelled.predictedBackground(foreground: false)
+                let backgroundAsObject = labelled.total(foreground: false) - labelled.predictedBackground(foreground: false) - labelled.invalidPredictions[0]
+                extra["object_pixels_as_background"] = jsonNumber(objects == 0 ? .nan : Double(labelled.predictedBackground(foreground: true)) / objects)
+                extra["object_pixels_uncertain"] = jsonNumber(objects == 0 ? .nan : Double(uncertainObjects) / objects)
+                extra["background_pixels_as_object"] = jsonNumber(background == 0 ? .nan : Double(backgroundAsObject) / background)
+                extra["background_pixels_uncertain"] = jsonNumber(background == 0 ? .nan : Double(uncertainBackground) / background)
             }
             return Evaluation(classNames: classNames, subjectKind: kind, description: "", split: split.name, images: tally.images,
                               confusion: tally.labelled!, extra: extra, panels: panels)
         }
     }
+}
+
+/// Where a map puts the true object and background pixels: the object pixels it calls
+/// background (what a segmenter trained on it learns to miss) and the background it calls an
+/// object. Label maps replace both by shares of all true pixels and add the uncertain shares.
+func missedPixels(_ confusion: ConfusionMatrix) -> [String: Any] {
+    ["object_pixels_as_background": jsonNumber(confusion.foregroundAsBackground),
+     "background_pixels_as_object": jsonNumber(confusion.backgroundAsForeground)]
 }
 
 /// Counts over the images scored: sums over disjoint images, so the tallies of shards add up to
@@ -325,6 +345,10 @@ func summaryLine(_ evaluation: Evaluation) -> String {
     if let c = evaluation.extra["coverage"] as? Double { line += ", coverage \(String(format: "%.3f", c))" }
     line += String(format: ", foreground IoU %.4f, foreground class accuracy %.4f",
                    evaluation.confusion.foregroundIoU, evaluation.confusion.foregroundClassAccuracy)
+    if let missed = evaluation.extra["object_pixels_as_background"] as? Double {
+        line += String(format: ", object pixels called background %.3f", missed)
+        if let uncertain = evaluation.extra["object_pixels_uncertain"] as? Double { line += String(format: " (uncertain %.3f)", uncertain) }
+    }
     return line
 }
 
@@ -334,7 +358,12 @@ func confusionPicture(_ evaluation: Evaluation, names: [String]) -> String {
     var notes = [String(format: "mIoU %.4f, pixel accuracy %.4f, foreground IoU %.4f, foreground class accuracy %.4f",
                         c.meanIoU, c.pixelAccuracy, c.foregroundIoU, c.foregroundClassAccuracy)]
     if let t = evaluation.extra["best_threshold"] as? Double { notes.append(String(format: "class maps at background threshold %.2f", t)) }
-    if evaluation.subjectKind == .labels { notes.append("pixels the labels leave uncertain (255) are not counted") }
+    if let missed = evaluation.extra["object_pixels_as_background"] as? Double, let wrong = evaluation.extra["background_pixels_as_object"] as? Double {
+        notes.append(String(format: "object pixels called background %.1f %%, background called an object %.1f %%", 100 * missed, 100 * wrong))
+    }
+    if let uncertain = evaluation.extra["object_pixels_uncertain"] as? Double {
+        notes.append(String(format: "pixels the labels leave uncertain (255) are not counted in the matrix (%.1f %% of the object pixels)", 100 * uncertain))
+    } else if evaluation.subjectKind == .labels { notes.append("pixels the labels leave uncertain (255) are not counted") }
     let what = evaluation.description.isEmpty ? evaluation.subjectKind.rawValue : evaluation.description
     return SVGChart.matrix(title: "Confusion of \(what) on \(evaluation.split) (\(evaluation.images) images), % of each true class",
                            rowAxis: "true class", columnAxis: "predicted class", labels: names, values: c.rowNormalized, notes: notes)

@@ -74,6 +74,16 @@ final class MetricsTests: XCTestCase {
         XCTAssertEqual(matrix.rowNormalized[2], [0.5, 0, 0.5])
         XCTAssertTrue(wider.rowNormalized[3].allSatisfy(\.isNaN))
         XCTAssertTrue(ConfusionMatrix(classCount: 3).foregroundIoU.isNaN)
+        // Of the 5 true foreground pixels (the invalid prediction included) one is called
+        // background (2 -> 0); of the 2 background pixels one is called an object (0 -> 1).
+        XCTAssertEqual(matrix.total(foreground: true), 5)
+        XCTAssertEqual(matrix.total(foreground: false), 2)
+        XCTAssertEqual(matrix.predictedBackground(foreground: true), 1)
+        XCTAssertEqual(matrix.predictedBackground(foreground: false), 1)
+        XCTAssertEqual(matrix.foregroundAsBackground, 0.2, accuracy: 1e-12)
+        XCTAssertEqual(matrix.backgroundAsForeground, 0.5, accuracy: 1e-12)
+        XCTAssertTrue(ConfusionMatrix(classCount: 3).foregroundAsBackground.isNaN)
+        XCTAssertTrue(ConfusionMatrix(classCount: 3).backgroundAsForeground.isNaN)
     }
 
     /// Objects found in the right place but given each other's class: perfect foreground IoU,

@@ -43,6 +43,9 @@ final class EvaluateStageTests: XCTestCase {
         XCTAssertNotNil(try? PNG.readRGB(path("panels.png")))
         XCTAssertEqual(json["foreground_iou"] as? Double, 1.0)
         XCTAssertEqual(json["foreground_class_accuracy"] as? Double, 1.0)
+        XCTAssertEqual(json["object_pixels_as_background"] as? Double, 0.0)
+        XCTAssertEqual(json["background_pixels_as_object"] as? Double, 0.0)
+        XCTAssertNil(json["object_pixels_uncertain"])
         // The confusion picture: one cell per (truth, prediction) pair, the diagonal at 100 %.
         let svg = try String(contentsOfFile: path("confusion.svg"), encoding: .utf8)
         XCTAssertTrue(svg.hasPrefix("<?xml") && svg.hasSuffix("</svg>\n"))
@@ -87,6 +90,47 @@ final class EvaluateStageTests: XCTestCase {
         XCTAssertEqual(json["miou"] as? Double, 1.0)
         XCTAssertEqual(try XCTUnwrap(json["coverage"] as? Double), Double(kept) / Double(scored), accuracy: 1e-12)
         XCTAssertLessThan(try XCTUnwrap(json["miou_ignore_as_background"] as? Double), 1.0)
+    }
+
+    /// Where the labels put the true object and background pixels, as shares of all of them:
+    /// called background / an object, or left uncertain; the matrix itself leaves uncertain out.
+    func testLabelMapsSplitObjectAndBackgroundPixels() throws {
+        let dataset = try StageHarness.tinyDataset(in: folder)
+        let reader = try DatasetReader(path: dataset)
+        let split = try reader.split("val")
+        let artifact = try ArtifactWriter(path: path("labels.h5"), provenance: Provenance(kind: .labels, formatVersion: 1, producer: "test"))
+        let writer = try LabelMapsWriter(artifact, context: MapContext(split: "val", classNames: reader.classNames, datasetHash: try ContentHash.ofFile(dataset)))
+        var objects = 0, objectsAsBackground = 0, objectsUncertain = 0
+        var background = 0, backgroundAsObject = 0, backgroundUncertain = 0
+        for i in 0..<split.count {
+            let mask = try split.mask(i)
+            var labels = mask.labels
+            for p in labels.indices where mask.labels[p] != 255 {
+                let isObject = mask.labels[p] != 0
+                switch (p % 5, isObject) {
+                case (0, true): labels[p] = 255; objectsUncertain += 1
+                case (1, true), (2, true): labels[p] = 0; objectsAsBackground += 1
+                case (0, false), (1, false): labels[p] = 255; backgroundUncertain += 1
+                case (2, false): labels[p] = 1; backgroundAsObject += 1
+                default: break
+                }
+                if isObject { objects += 1 } else { background += 1 }
+            }
+            try writer.append(imageIndex: i, height: mask.height, width: mask.width, labels: labels)
+        }
+        try writer.finish()
+        XCTAssertGreaterThan(objects, 100)
+        let result = try evaluate(dataset: dataset, subject: path("labels.h5"))
+        XCTAssertEqual(result.status, 0, result.stderr)
+        let json = try metricsJSON()
+        XCTAssertEqual(try XCTUnwrap(json["object_pixels_as_background"] as? Double), Double(objectsAsBackground) / Double(objects), accuracy: 1e-12)
+        XCTAssertEqual(try XCTUnwrap(json["object_pixels_uncertain"] as? Double), Double(objectsUncertain) / Double(objects), accuracy: 1e-12)
+        XCTAssertEqual(try XCTUnwrap(json["background_pixels_as_object"] as? Double), Double(backgroundAsObject) / Double(background), accuracy: 1e-12)
+        XCTAssertEqual(try XCTUnwrap(json["background_pixels_uncertain"] as? Double), Double(backgroundUncertain) / Double(background), accuracy: 1e-12)
+        XCTAssertTrue(result.stdout.contains(String(format: "object pixels called background %.3f (uncertain %.3f)",
+                                                    Double(objectsAsBackground) / Double(objects), Double(objectsUncertain) / Double(objects))), result.stdout)
+        let svg = try String(contentsOfFile: path("confusion.svg"), encoding: .utf8)
+        XCTAssertTrue(svg.contains(String(format: "(%.1f %% of the object pixels)", 100 * Double(objectsUncertain) / Double(objects))))
     }
 
     func testMapsOfAnotherDatasetAreRefusedAndNothingIsWritten() throws {
