@@ -19,6 +19,21 @@ final class EvaluateStageTests: XCTestCase {
                                           "--out", "panels=\(path("panels.png"))", "--out", "confusion=\(path("confusion.svg"))"] + extra)
     }
 
+    /// Writes `labels.h5`, label maps of the val split: each image's true mask edited by `edit`.
+    func writeLabels(dataset: String, _ edit: (LabelMap, inout [UInt8]) -> Void) throws {
+        let reader = try DatasetReader(path: dataset)
+        let split = try reader.split("val")
+        let artifact = try ArtifactWriter(path: path("labels.h5"), provenance: Provenance(kind: .labels, formatVersion: 1, producer: "test"))
+        let writer = try LabelMapsWriter(artifact, context: MapContext(split: "val", classNames: reader.classNames, datasetHash: try ContentHash.ofFile(dataset)))
+        for i in 0..<split.count {
+            let mask = try split.mask(i)
+            var labels = mask.labels
+            edit(mask, &labels)
+            try writer.append(imageIndex: i, height: mask.height, width: mask.width, labels: labels)
+        }
+        try writer.finish()
+    }
+
     func metricsJSON() throws -> [String: Any] {
         try XCTUnwrap(JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path("metrics.json")))) as? [String: Any])
     }
@@ -69,21 +84,13 @@ final class EvaluateStageTests: XCTestCase {
     /// second figure.
     func testLabelMapsReportCoverage() throws {
         let dataset = try StageHarness.tinyDataset(in: folder)
-        let reader = try DatasetReader(path: dataset)
-        let split = try reader.split("val")
-        let artifact = try ArtifactWriter(path: path("labels.h5"), provenance: Provenance(kind: .labels, formatVersion: 1, producer: "test"))
-        let writer = try LabelMapsWriter(artifact, context: MapContext(split: "val", classNames: reader.classNames, datasetHash: try ContentHash.ofFile(dataset)))
         var scored = 0, kept = 0
-        for i in 0..<split.count {
-            let mask = try split.mask(i)
-            var labels = mask.labels
+        try writeLabels(dataset: dataset) { mask, labels in
             for p in labels.indices {
                 if mask.labels[p] != 255 { scored += 1 }
                 if p % 3 == 0 { labels[p] = 255 } else if mask.labels[p] != 255 { kept += 1 }
             }
-            try writer.append(imageIndex: i, height: mask.height, width: mask.width, labels: labels)
         }
-        try writer.finish()
         let result = try evaluate(dataset: dataset, subject: path("labels.h5"))
         XCTAssertEqual(result.status, 0, result.stderr)
         let json = try metricsJSON()
@@ -96,15 +103,9 @@ final class EvaluateStageTests: XCTestCase {
     /// called background / an object, or left uncertain; the matrix itself leaves uncertain out.
     func testLabelMapsSplitObjectAndBackgroundPixels() throws {
         let dataset = try StageHarness.tinyDataset(in: folder)
-        let reader = try DatasetReader(path: dataset)
-        let split = try reader.split("val")
-        let artifact = try ArtifactWriter(path: path("labels.h5"), provenance: Provenance(kind: .labels, formatVersion: 1, producer: "test"))
-        let writer = try LabelMapsWriter(artifact, context: MapContext(split: "val", classNames: reader.classNames, datasetHash: try ContentHash.ofFile(dataset)))
         var objects = 0, objectsAsBackground = 0, objectsUncertain = 0
         var background = 0, backgroundAsObject = 0, backgroundUncertain = 0
-        for i in 0..<split.count {
-            let mask = try split.mask(i)
-            var labels = mask.labels
+        try writeLabels(dataset: dataset) { mask, labels in
             for p in labels.indices where mask.labels[p] != 255 {
                 let isObject = mask.labels[p] != 0
                 switch (p % 5, isObject) {
@@ -116,9 +117,7 @@ final class EvaluateStageTests: XCTestCase {
                 }
                 if isObject { objects += 1 } else { background += 1 }
             }
-            try writer.append(imageIndex: i, height: mask.height, width: mask.width, labels: labels)
         }
-        try writer.finish()
         XCTAssertGreaterThan(objects, 100)
         let result = try evaluate(dataset: dataset, subject: path("labels.h5"))
         XCTAssertEqual(result.status, 0, result.stderr)
