@@ -132,21 +132,20 @@ struct Subject {
                 let (height, width, values) = try reader.labels(n)
                 return RGBImage.hstack([try split.image(index), try split.mask(index).colorized(), LabelMap(width: width, height: height, labels: values).colorized()])
             }
-            var extra = missedPixels(tally.labelled!)
+            var extra = missedPixels(kind == .labels ? tally.asBackground! : tally.labelled!)
             if kind == .labels {
                 extra["coverage"] = tally.scoredPixels == 0 ? 0 : Double(tally.labelledPixels) / Double(tally.scoredPixels)
                 extra["miou_ignore_as_background"] = jsonNumber(tally.asBackground!.meanIoU)
-                // Shares of all true object (background) pixels, the uncertain ones included:
-                // `asBackground` counts them as background, `labelled` leaves them out.
+                // Shares of all true pixels: `asBackground` puts the uncertain ones in the background
+                // column, `labelled` leaves them out, so that column's difference counts them.
                 let labelled = tally.labelled!, all = tally.asBackground!
-                let objects = Double(all.total(foreground: true)), background = Double(all.total(foreground: false))
-                let uncertainObjects = all.predictedBackground(foreground: true) - labelled.predictedBackground(foreground: true)
-                let uncertainBackground = all.predictedBackground(foreground: false) - labelled.predictedBackground(foreground: false)
-                let backgroundAsObject = labelled.total(foreground: false) - labelled.predictedBackground(foreground: false) - labelled.invalidPredictions[0]
-                extra["object_pixels_as_background"] = jsonNumber(objects == 0 ? .nan : Double(labelled.predictedBackground(foreground: true)) / objects)
-                extra["object_pixels_uncertain"] = jsonNumber(objects == 0 ? .nan : Double(uncertainObjects) / objects)
-                extra["background_pixels_as_object"] = jsonNumber(background == 0 ? .nan : Double(backgroundAsObject) / background)
-                extra["background_pixels_uncertain"] = jsonNumber(background == 0 ? .nan : Double(uncertainBackground) / background)
+                func uncertain(foreground: Bool) -> Double {
+                    Double(all.predictedBackground(foreground: foreground) - labelled.predictedBackground(foreground: foreground))
+                        / Double(all.total(foreground: foreground))
+                }
+                extra["object_pixels_uncertain"] = jsonNumber(uncertain(foreground: true))
+                extra["object_pixels_as_background"] = jsonNumber(all.foregroundAsBackground - uncertain(foreground: true))
+                extra["background_pixels_uncertain"] = jsonNumber(uncertain(foreground: false))
             }
             return Evaluation(classNames: classNames, subjectKind: kind, description: "", split: split.name, images: tally.images,
                               confusion: tally.labelled!, extra: extra, panels: panels)
@@ -156,7 +155,8 @@ struct Subject {
 
 /// Where a map puts the true object and background pixels: the object pixels it calls
 /// background (what a segmenter trained on it learns to miss) and the background it calls an
-/// object. Label maps replace both by shares of all true pixels and add the uncertain shares.
+/// object. Label maps pass the matrix with uncertain pixels as background, so both are shares of
+/// all true pixels; they then take the uncertain share out of the first.
 func missedPixels(_ confusion: ConfusionMatrix) -> [String: Any] {
     ["object_pixels_as_background": jsonNumber(confusion.foregroundAsBackground),
      "background_pixels_as_object": jsonNumber(confusion.backgroundAsForeground)]
