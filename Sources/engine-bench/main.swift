@@ -10,6 +10,8 @@ import Primitives
 import ACR
 import Localization
 
+let blasLine = BLASCorePolicy.apply()  // the OpenBLAS kernels the stages run (may re-execute)
+
 func now() -> Double {
     var ts = timespec()
     clock_gettime(CLOCK_MONOTONIC, &ts)
@@ -36,7 +38,7 @@ func option(_ name: String, _ def: Int) -> Int {
 }
 func flag(_ name: String) -> Bool { args.contains("--" + name) }
 
-print("OpenBLAS core \(EngineInfo.blasCore), \(EngineInfo.blasThreads) BLAS threads, \(Parallel.threads) engine threads")
+print("\(blasLine); \(Parallel.threads) engine threads")
 print("config: \(EngineInfo.blasConfig)")
 
 /// sgemm GFLOP/s for C[m,n] = A[m,k] B[k,n] (optionally with B transposed as in a linear layer).

@@ -164,26 +164,43 @@ final class GradientToolsTests: XCTestCase {
 
 final class BLASCorePolicyTests: XCTestCase {
     func testDecision() {
-        // The machine kind's Haswell pin on an AVX-512 CPU: drop the pin, let OpenBLAS detect.
-        var d = BLASCorePolicy.decision(policy: "auto", pinned: "Haswell", loaded: "Haswell", hasAVX512: true)
-        XCTAssertTrue(d.change)
-        XCTAssertNil(d.coreType)
-        // No AVX-512: never leave the pin.
-        d = BLASCorePolicy.decision(policy: "auto", pinned: "Haswell", loaded: "Haswell", hasAVX512: false)
-        XCTAssertFalse(d.change)
-        // Nothing pinned: OpenBLAS already chose by itself.
-        d = BLASCorePolicy.decision(policy: "auto", pinned: nil, loaded: "Cooperlake", hasAVX512: true)
-        XCTAssertFalse(d.change)
-        d = BLASCorePolicy.decision(policy: "auto", pinned: "SkylakeX", loaded: "SkylakeX", hasAVX512: true)
-        XCTAssertFalse(d.change)
-        d = BLASCorePolicy.decision(policy: "keep", pinned: "Haswell", loaded: "Haswell", hasAVX512: true)
-        XCTAssertFalse(d.change)
-        // An explicit core is pinned unless already loaded.
-        d = BLASCorePolicy.decision(policy: "Haswell", pinned: nil, loaded: "Cooperlake", hasAVX512: true)
-        XCTAssertTrue(d.change)
-        XCTAssertEqual(d.coreType, "Haswell")
-        d = BLASCorePolicy.decision(policy: "haswell", pinned: "Haswell", loaded: "Haswell", hasAVX512: true)
-        XCTAssertFalse(d.change)
+        typealias P = BLASCorePolicy
+        // A Haswell pin (one machine kind sets it) on an AVX-512 CPU: the AVX-512 kernels.
+        XCTAssertEqual(P.decision(policy: "auto", loaded: "Haswell", cpu: .avx512), .run(coreType: "SkylakeX"))
+        // OpenBLAS not knowing the CPU (0.3.21 on an Emerald Rapids Xeon loads Prescott).
+        XCTAssertEqual(P.decision(policy: "auto", loaded: "Prescott", cpu: .avx512), .run(coreType: "SkylakeX"))
+        XCTAssertEqual(P.decision(policy: "", loaded: "Sandybridge", cpu: .avx2), .run(coreType: "Haswell"))
+        // A core wider than the CPU runs (an inherited pin): let OpenBLAS detect.
+        XCTAssertEqual(P.decision(policy: "auto", loaded: "SkylakeX", cpu: .avx2), .run(coreType: "Haswell"))
+        XCTAssertEqual(P.decision(policy: "auto", loaded: "Haswell", cpu: .baseline), .run(coreType: nil))
+        // Already as wide as the CPU: nothing to do, whichever core of that width OpenBLAS chose.
+        XCTAssertEqual(P.decision(policy: "auto", loaded: "Cooperlake", cpu: .avx512), .keep)
+        XCTAssertEqual(P.decision(policy: "auto", loaded: "Zen", cpu: .avx2), .keep)
+        XCTAssertEqual(P.decision(policy: "auto", loaded: "NEOVERSEN1", cpu: .baseline), .keep)
+        XCTAssertEqual(P.decision(policy: "keep", loaded: "Prescott", cpu: .avx512), .keep)
+        // An explicit core is pinned unless already loaded, and refused when the CPU cannot run it.
+        XCTAssertEqual(P.decision(policy: "Haswell", loaded: "Cooperlake", cpu: .avx512), .run(coreType: "Haswell"))
+        XCTAssertEqual(P.decision(policy: "haswell", loaded: "Haswell", cpu: .avx512), .keep)
+        guard case .refuse(let message) = P.decision(policy: "SkylakeX", loaded: "Haswell", cpu: .avx2) else {
+            return XCTFail("SkylakeX on an AVX2 CPU must be refused")
+        }
+        XCTAssertTrue(message.contains("WSSS_BLAS_CORE=SkylakeX") && message.contains("AVX-512"), message)
+    }
+
+    /// The C shim's CPUID/XGETBV reading agrees with the kernel's view in /proc/cpuinfo (which
+    /// lists AVX-512 flags only where the OS saves the registers).
+    func testCPUTierMatchesCPUInfo() throws {
+        #if arch(x86_64) && os(Linux)
+        let text = try String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)
+        let flagLine = try XCTUnwrap(text.split(separator: "\n").first { $0.hasPrefix("flags") })
+        let flags = Set(flagLine.split(separator: " ").map(String.init))
+        let expected: BLASCorePolicy.VectorTier =
+            ["avx512f", "avx512cd", "avx512dq", "avx512bw", "avx512vl", "avx2", "fma"].allSatisfy(flags.contains) ? .avx512
+            : ["avx2", "fma"].allSatisfy(flags.contains) ? .avx2 : .baseline
+        XCTAssertEqual(BLASCorePolicy.cpuTier, expected, flagLine.description)
+        #else
+        XCTAssertEqual(BLASCorePolicy.cpuTier, .baseline)
+        #endif
     }
 }
 

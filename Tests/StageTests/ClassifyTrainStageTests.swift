@@ -40,6 +40,20 @@ final class ClassifyTrainStageTests: XCTestCase {
         return try run("classify-train", args)
     }
 
+    /// A stage started on narrower kernels than the CPU runs (here pinned to Prescott, as Debian's
+    /// OpenBLAS 0.3.21 detects CPUs it does not know) re-executes itself on kernels as wide as the CPU.
+    func testStageRunsBLASKernelsAsWideAsTheCPU() throws {
+        var args = ["--in", "dataset=\(path("data.h5"))", "--out", "checkpoint=\(path("k.h5"))"]
+        for p in tiny + ["epochs=1"] { args += ["--param", p] }
+        let result = try ProcessRunner.run(StageHarness.binFolder.appendingPathComponent("classify-train"), StageHarness.toyStem("classify-train", args),
+                                           environment: ["OPENBLAS_CORETYPE": "Prescott", "WSSS_BLAS_CORE": "auto"])
+        XCTAssertEqual(result.status, 0, result.output)
+        let line = try XCTUnwrap(result.output.split(separator: "\n").first { $0.contains("OpenBLAS core ") }, result.output)
+        let core = try XCTUnwrap(line.components(separatedBy: "OpenBLAS core ").last?.split(separator: " ").first.map(String.init))
+        XCTAssertEqual(BLASCorePolicy.tier(ofCore: core), BLASCorePolicy.cpuTier, String(line))
+        XCTAssertTrue(line.contains("CPU \(BLASCorePolicy.cpuTier)"), String(line))
+    }
+
     func testCheckpointContentsFineTuneAndResume() throws {
         var (status, output) = try train("a.h5", ["epochs=2", "ema_decay=0.5", "seed=3"])
         XCTAssertEqual(status, 0, output)

@@ -9,13 +9,17 @@ import Foundation
 /// OpenBLAS reads OPENBLAS_CORETYPE once, when the library loads (before `main`), so a different
 /// choice needs a fresh process: `apply()` re-executes the program with the environment changed.
 /// `WSSS_BLAS_CORE` selects:
-/// - `auto` (default): AVX-512 kernels when /proc/cpuinfo lists avx512f. An inherited
-///   OPENBLAS_CORETYPE pin to a non-AVX-512 core (this machine kind pins Haswell) is removed and
-///   OpenBLAS detects the core itself, which also checks that the OS enables the AVX-512 state.
-///   Measured on this machine kind (AMD EPYC with avx512f, 2 threads, ViT shapes): sgemm runs
-///   about 1.6-1.9x faster with the AVX-512 kernels (see `make bench`).
+/// - `auto` (default): the kernels as wide as the CPU and OS can run (`cpuTier`: AVX-512 ->
+///   SkylakeX, AVX2 + FMA -> Haswell), whenever the loaded core is of another width. That covers
+///   an inherited OPENBLAS_CORETYPE pin to a narrower core (one machine kind here pins Haswell),
+///   and OpenBLAS not knowing the CPU: Debian's 0.3.21 detects an Intel Xeon of model 207
+///   (Emerald Rapids) as Prescott, the SSE3 kernels. Measured there (2 threads): one-thread sgemm
+///   at 512^3 28 GFLOP/s as Prescott, 147 as SkylakeX; seg-train at the demo's recipe 7.2 img/s
+///   against 23.3. On an AMD EPYC with avx512f the AVX-512 kernels ran sgemm 1.6-1.9x faster than
+///   the Haswell pin (see `make bench`).
 /// - `keep`: use whatever was loaded.
-/// - a core name (e.g. `Haswell`, `SkylakeX`): pin that core.
+/// - a core name (e.g. `Haswell`, `SkylakeX`): pin that core; one whose kernels this CPU cannot
+///   run is refused (it would stop at its first product with an illegal instruction).
 ///
 /// It also sets OPENBLAS_THREAD_TIMEOUT (read at load too) unless the user did: OpenBLAS's idle
 /// worker threads otherwise spin in sched_yield for 2^28 cycles after every product, taking the
@@ -23,29 +27,52 @@ import Foundation
 /// a training step in sched_yield). With 2^4 they sleep at once; measured on the default model
 /// (bench-train-step, 2 threads): 268-280 img/s against 220-256 without.
 public enum BLASCorePolicy {
+    /// How wide the vector kernels are: what a CPU can run, or what an OpenBLAS core uses.
+    public enum VectorTier: Int, Comparable, CustomStringConvertible, Sendable {
+        case baseline = 0, avx2, avx512
+
+        public static func < (a: VectorTier, b: VectorTier) -> Bool { a.rawValue < b.rawValue }
+        public var description: String { ["no AVX2", "AVX2", "AVX-512"][rawValue] }
+        /// The OpenBLAS core pinned for this width (nil: let OpenBLAS detect, as for narrow CPUs).
+        var core: String? { [nil, "Haswell", "SkylakeX"][rawValue] }
+    }
+
     static let threadTimeout = "4"
-    static let avx512Cores: Set<String> = ["skylakex", "cooperlake", "sapphirerapids"]
     static let marker = "WSSS_BLAS_CORE_APPLIED"
+    /// OpenBLAS's x86 cores with AVX2 or AVX-512 kernels (lower-cased corenames); any other core
+    /// (Prescott, Core2, Nehalem, Sandybridge, a non-x86 one) counts as `baseline`.
+    static let coreTiers: [String: VectorTier] = [
+        "haswell": .avx2, "zen": .avx2,
+        "skylakex": .avx512, "cooperlake": .avx512, "sapphirerapids": .avx512,
+    ]
+
+    static func tier(ofCore name: String) -> VectorTier { coreTiers[name.lowercased()] ?? .baseline }
 
     public static var loadedCore: String { String(cString: openblas_get_corename()) }
 
-    public static var cpuHasAVX512F: Bool {
-        guard let text = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8) else { return false }
-        return text.split(separator: "\n").contains { $0.hasPrefix("flags") && $0.split(separator: " ").contains("avx512f") }
+    /// What this CPU and its OS can run (CPUID and XGETBV, read by the C shim).
+    public static var cpuTier: VectorTier { VectorTier(rawValue: Int(wsss_cpu_vector_tier())) ?? .baseline }
+
+    enum Decision: Equatable {
+        case keep
+        /// Re-execute with OPENBLAS_CORETYPE set to this core (nil: unset it).
+        case run(coreType: String?)
+        case refuse(String)
     }
 
-    /// What `apply()` would change: the OPENBLAS_CORETYPE value to run with (nil = unset, let
-    /// OpenBLAS detect), or no change.
-    static func decision(policy: String, pinned: String?, loaded: String, hasAVX512: Bool) -> (change: Bool, coreType: String?) {
+    static func decision(policy: String, loaded: String, cpu: VectorTier) -> Decision {
         switch policy.lowercased() {
         case "keep":
-            return (false, pinned)
+            return .keep
         case "auto", "":
-            if hasAVX512, pinned != nil, !avx512Cores.contains(loaded.lowercased()) { return (true, nil) }
-            return (false, pinned)
+            return tier(ofCore: loaded) == cpu ? .keep : .run(coreType: cpu.core)
         default:
-            if loaded.lowercased() == policy.lowercased() { return (false, pinned) }
-            return (true, policy)
+            if loaded.lowercased() == policy.lowercased() { return .keep }
+            let wanted = tier(ofCore: policy)
+            if wanted > cpu {
+                return .refuse("WSSS_BLAS_CORE=\(policy): this CPU cannot run OpenBLAS's \(policy) kernels (they need \(wanted), the CPU and OS offer \(cpu)); use auto")
+            }
+            return .run(coreType: policy)
         }
     }
 
@@ -56,11 +83,18 @@ public enum BLASCorePolicy {
         let env = ProcessInfo.processInfo.environment
         let policy = env["WSSS_BLAS_CORE"] ?? "auto"
         let loaded = loadedCore
+        let cpu = cpuTier
         if env[marker] == nil {
-            let (change, coreType) = decision(policy: policy, pinned: env["OPENBLAS_CORETYPE"], loaded: loaded, hasAVX512: cpuHasAVX512F)
+            let choice = decision(policy: policy, loaded: loaded, cpu: cpu)
+            if case .refuse(let message) = choice {
+                FileHandle.standardError.write(Data("\(CommandLine.arguments.first.map { ($0 as NSString).lastPathComponent } ?? "wsss"): \(message)\n".utf8))
+                exit(2)
+            }
             let setTimeout = env["OPENBLAS_THREAD_TIMEOUT"] == nil
-            if change || setTimeout {
-                if change { if let coreType { setenv("OPENBLAS_CORETYPE", coreType, 1) } else { unsetenv("OPENBLAS_CORETYPE") } }
+            if choice != .keep || setTimeout {
+                if case .run(let coreType) = choice {
+                    if let coreType { setenv("OPENBLAS_CORETYPE", coreType, 1) } else { unsetenv("OPENBLAS_CORETYPE") }
+                }
                 if setTimeout { setenv("OPENBLAS_THREAD_TIMEOUT", threadTimeout, 1) }
                 setenv(marker, "1", 1)
                 execv("/proc/self/exe", CommandLine.unsafeArgv)
@@ -68,6 +102,6 @@ public enum BLASCorePolicy {
             }
         }
         let timeout = ProcessInfo.processInfo.environment["OPENBLAS_THREAD_TIMEOUT"] ?? "default"
-        return "OpenBLAS core \(loaded) (policy \(policy), avx512f \(cpuHasAVX512F ? "yes" : "no")), \(openblas_get_num_threads()) threads, thread timeout 2^\(timeout)"
+        return "OpenBLAS core \(loaded) (policy \(policy), CPU \(cpu)), \(openblas_get_num_threads()) threads, thread timeout 2^\(timeout)"
     }
 }
