@@ -126,6 +126,10 @@ final class PSARefineStageTests: XCTestCase {
 
     /// The frozen backbone's features come in batches of `feature_batch` images of one size; the
     /// batch changes no more than float rounding (6 images: batches of 4 + 2 against 1 each).
+    /// OpenBLAS's AVX-512 kernels round a product's rows differently with 4 images than with 1, and
+    /// the walk (affinity to the power beta, then t steps) turns that into a few flipped near-ties:
+    /// 7 of 6144 pixels with SkylakeX / Cooperlake kernels, none with Haswell or Prescott. A batch
+    /// that mixed up images or rows would change whole images (a sixth of the pixels each).
     func testFeatureBatchesGiveTheSameLabelsAsOneImageAtATime() throws {
         let dataset = try StageHarness.tinyDataset(in: folder)
         let classes = try DatasetReader(path: dataset).classNames
@@ -142,7 +146,7 @@ final class PSARefineStageTests: XCTestCase {
         XCTAssertEqual(runs[0].count, 6)
         let pixels = runs[0].reduce(0) { $0 + $1.count }
         let same = zip(runs[0], runs[1]).reduce(0) { total, pair in total + zip(pair.0, pair.1).filter { $0 == $1 }.count }
-        XCTAssertGreaterThanOrEqual(Double(same) / Double(pixels), 0.999)
+        XCTAssertGreaterThanOrEqual(Double(same) / Double(pixels), 0.995, "\(pixels - same) of \(pixels) pixels differ")
     }
 
     /// Images of different sizes (a VOC-layout folder) run at their own sizes: a batch ends where
@@ -188,7 +192,7 @@ final class PSARefineStageTests: XCTestCase {
         }
         let pixels = runs[0].reduce(0) { $0 + $1.count }
         let same = zip(runs[0], runs[1]).reduce(0) { total, pair in total + zip(pair.0, pair.1).filter { $0 == $1 }.count }
-        XCTAssertGreaterThanOrEqual(Double(same) / Double(pixels), 0.999)
+        XCTAssertGreaterThanOrEqual(Double(same) / Double(pixels), 0.995, "\(pixels - same) of \(pixels) pixels differ")
     }
 
     func testRefusesOtherClassesAndOtherDatasets() throws {
