@@ -87,7 +87,8 @@ public enum BLASCorePolicy {
         if env[marker] == nil {
             let choice = decision(policy: policy, loaded: loaded, cpu: cpu)
             if case .refuse(let message) = choice {
-                FileHandle.standardError.write(Data("\(CommandLine.arguments.first.map { ($0 as NSString).lastPathComponent } ?? "wsss"): \(message)\n".utf8))
+                let tool = CommandLine.arguments.first.map { URL(fileURLWithPath: $0).lastPathComponent } ?? "wsss"
+                FileHandle.standardError.write(Data("error: \(tool): \(message)\n".utf8))
                 exit(2)
             }
             let setTimeout = env["OPENBLAS_THREAD_TIMEOUT"] == nil
