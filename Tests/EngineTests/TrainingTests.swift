@@ -170,7 +170,8 @@ final class BLASCorePolicyTests: XCTestCase {
         // OpenBLAS not knowing the CPU (0.3.21 on an Emerald Rapids Xeon loads Prescott).
         XCTAssertEqual(P.decision(policy: "auto", loaded: "Prescott", cpu: .avx512), .run(coreType: "SkylakeX"))
         XCTAssertEqual(P.decision(policy: "", loaded: "Sandybridge", cpu: .avx2), .run(coreType: "Haswell"))
-        // A core wider than the CPU runs (an inherited pin): let OpenBLAS detect.
+        // A core wider than the CPU runs (an inherited pin): the CPU's own width, or OpenBLAS's
+        // detection where the CPU has no AVX2.
         XCTAssertEqual(P.decision(policy: "auto", loaded: "SkylakeX", cpu: .avx2), .run(coreType: "Haswell"))
         XCTAssertEqual(P.decision(policy: "auto", loaded: "Haswell", cpu: .baseline), .run(coreType: nil))
         // Already as wide as the CPU: nothing to do, whichever core of that width OpenBLAS chose.

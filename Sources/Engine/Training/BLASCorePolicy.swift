@@ -48,8 +48,6 @@ public enum BLASCorePolicy {
 
     static func tier(ofCore name: String) -> VectorTier { coreTiers[name.lowercased()] ?? .baseline }
 
-    public static var loadedCore: String { String(cString: openblas_get_corename()) }
-
     /// What this CPU and its OS can run (CPUID and XGETBV, read by the C shim).
     public static var cpuTier: VectorTier { VectorTier(rawValue: Int(wsss_cpu_vector_tier())) ?? .baseline }
 
@@ -82,7 +80,7 @@ public enum BLASCorePolicy {
     public static func apply() -> String {
         let env = ProcessInfo.processInfo.environment
         let policy = env["WSSS_BLAS_CORE"] ?? "auto"
-        let loaded = loadedCore
+        let loaded = EngineInfo.blasCore
         let cpu = cpuTier
         if env[marker] == nil {
             let choice = decision(policy: policy, loaded: loaded, cpu: cpu)
