@@ -145,8 +145,9 @@ extension Runner {
     }
 
     /// One row per pipeline: its `summary:` fields (looked up among its metrics), the seconds each
-    /// stage took when it last ran (from the cache entry of its current key), the training stages'
-    /// share of them (`train_seconds`) and their total.
+    /// stage took when it last ran (the cache entry of its current key, or for a stale stage of the
+    /// key it last ran with, the run its metrics come from), the training stages' share of them
+    /// (`train_seconds`) and their total.
     public func summary(_ pipelines: [BoundPipeline]) throws -> JSONValue {
         var rows: [JSONValue] = []
         var notes: [String] = []
@@ -166,9 +167,11 @@ extension Runner {
             var seconds: [String: JSONValue] = [:]
             var total = 0.0, training = 0.0
             let trainingStages = Set(pipeline.stages.filter { Self.trainingExecutables.contains($0.decl.run) }.map(\.name))
+            let records = self.records(for: pipeline)
             for state in try status(pipeline) {
-                guard state.state == .upToDate, let key = state.key,
-                      let entry = JSONDecoder.decodeFile(CacheEntry.self, at: workspace.entryPath(key)) else { continue }
+                // A stale stage counts its last run, as its metrics do (compare's note says so).
+                let key = state.state == .upToDate ? state.key : records.stages[state.name]?.key
+                guard let key, let entry = JSONDecoder.decodeFile(CacheEntry.self, at: workspace.entryPath(key)) else { continue }
                 seconds[state.name] = .double((entry.seconds * 100).rounded() / 100)
                 total += entry.seconds
                 if trainingStages.contains(state.name) { training += entry.seconds }

@@ -651,6 +651,28 @@ final class RunnerTests: XCTestCase {
         XCTAssertTrue(FileManager.default.fileExists(atPath: ws.path("Artifacts/summary/summary.md")))
     }
 
+    func testSummaryOfAStaleStageCountsTheRunItsMetricsComeFrom() throws {
+        let stages = { (factor: Int) in pipelineYAML("weak", [
+            testStage("prep", inputs: ["a": "data/raw.txt"], outputs: "Artifacts/weak"),
+            testStage("score", inputs: ["a": "prep.out"], params: "factor: \(factor)", outputs: "Artifacts/weak"),
+        ]) + "summary:\n  seg_val_miou: score.miou\n" }
+        try ws.write(stages(1), to: "Pipelines/weak.yaml")
+        XCTAssertTrue(try ws.run("Pipelines/weak.yaml").succeeded)
+        // A changed parameter leaves 'score' stale, not rerun: its metrics and its time are both
+        // those of its last run, with a note.
+        try ws.write(stages(3), to: "Pipelines/weak.yaml")
+        let (status, table, errors) = try ws.wsss(["summary", "--out", ws.path("Artifacts/summary"), "Pipelines/weak.yaml"])
+        XCTAssertEqual(status, 0, errors)
+        XCTAssertTrue(table.contains("| weak | 0.500 |"), table)
+        XCTAssertTrue(errors.contains("stage 'score' is stale; its metrics are from its last run"), errors)
+        let document = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: ws.path("Artifacts/summary/summary.json")))) as? [String: Any])
+        let row = try XCTUnwrap((document["rows"] as? [[String: Any]])?.first)
+        let seconds = try XCTUnwrap(row["stage_seconds"] as? [String: Double])
+        XCTAssertEqual(Set(seconds.keys), ["prep", "score"])
+        XCTAssertEqual(try XCTUnwrap(row["total_seconds"] as? Double), seconds.values.reduce(0, +), accuracy: 0.02)
+        XCTAssertEqual(ws.started(), ["prep", "score"], "summarising runs nothing")
+    }
+
     func testCompareOfSummarisedPipelinesShowsTheirFieldsTimesAndDifferingParameters() throws {
         for (name, factor) in [("weak", 1), ("strong", 3)] {
             let yaml = pipelineYAML(name, [
