@@ -26,7 +26,7 @@ enum Method: String, ParameterChoice {
 /// single-stage-train's own parameters, next to the shared SegmentationParameters.
 struct SingleStageParameters: Codable {
     static let rules: [String: ParameterRule] = [
-        "seg_weight": .nonNegative, "seg_warmup_epochs": .nonNegative, "high_background": .probability,
+        "seg_weight": .nonNegative, "seg_warmup_epochs": .nonNegative, "ptc_weight": .nonNegative, "high_background": .probability,
         "low_background": .probability, "par_iterations": .nonNegative, "fsr_class_weight": .nonNegative,
         "fsr_patch_weight": .nonNegative, "mask_ratio": .probability, "uncertain_low": .probability,
         "uncertain_high": .probability, "mask_block": .atLeast(1), "random_mask_fraction": .probability,
@@ -39,6 +39,8 @@ struct SingleStageParameters: Codable {
     /// Segmentation loss weight and the epochs of classification only before it.
     var segWeight = 0.1
     var segWarmupEpochs = 1
+    /// ToCo's patch token contrast on the last layer's tokens (ToCo / FSR code: 0.2); 0 = off.
+    var ptcWeight = 0.0
     /// Online pseudo labels: the two background scores of CAM -> PAR -> labels (FSR code:
     /// high_thre 0.7, low_thre 0.25), as pseudo-label's.
     var highBackground = 0.7
@@ -64,7 +66,7 @@ struct SingleStageParameters: Codable {
     var projectorOutDim = 1024
     enum CodingKeys: String, CodingKey {
         case method
-        case segWeight = "seg_weight", segWarmupEpochs = "seg_warmup_epochs"
+        case segWeight = "seg_weight", segWarmupEpochs = "seg_warmup_epochs", ptcWeight = "ptc_weight"
         case highBackground = "high_background", lowBackground = "low_background", parIterations = "par_iterations"
         case fsrClassWeight = "fsr_class_weight", fsrPatchWeight = "fsr_patch_weight", maskRatio = "mask_ratio"
         case uncertainLow = "uncertain_low", uncertainHigh = "uncertain_high", maskBlock = "mask_block"
@@ -130,6 +132,7 @@ StageMain.run(spec, parameters: Params.self) { ctx in
     settings.optimizer = p.optimizer(totalSteps: stepsPerEpoch * p.epochs)
     settings.segWeight = s.segWeight
     settings.segWarmupSteps = s.segWarmupEpochs * stepsPerEpoch
+    settings.ptcWeight = s.ptcWeight
     settings.fsr = s.method == .fsr
     settings.fsrClassWeight = s.fsrClassWeight
     settings.fsrPatchWeight = s.fsrPatchWeight
@@ -182,7 +185,8 @@ StageMain.run(spec, parameters: Params.self) { ctx in
     try session.train(itemCount: images.count, seed: p.seed,
                       learningRate: { run.trainer.schedule.lr(atStep: max(run.trainer.step - 1, 0)) }) { batch, rng in
         let r = try run.step(batch: batch, rng: &rng)
-        let fsr = settings.fsr ? String(format: " fsr %.4f/%.4f", r.fsrClassLoss, r.fsrPatchLoss) : ""
+        let fsr = (settings.ptcWeight > 0 ? String(format: " ptc %.4f", r.ptcLoss) : "")
+            + (settings.fsr ? String(format: " fsr %.4f/%.4f", r.fsrClassLoss, r.fsrPatchLoss) : "")
         return SegmentationStep(loss: r.loss, note: String(format: "loss %.4f (cls %.4f seg %.4f%@) lr %.2e", r.loss, r.clsLoss, r.segLoss, fsr, r.lr))
     }
 

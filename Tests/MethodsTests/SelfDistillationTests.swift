@@ -311,7 +311,7 @@ final class SelfDistillationTests: XCTestCase {
 
     // MARK: Trainer
 
-    func tinyTrainer(fsr: Bool, maskRatio: Double = 0.4, warmup: Int = 1) throws -> SingleStageTrainer {
+    func tinyTrainer(fsr: Bool, maskRatio: Double = 0.4, warmup: Int = 1, ptcWeight: Double = 0) throws -> SingleStageTrainer {
         let vit = try ViT(config: ViTConfig(imageSize: 16, patchSize: 4, depth: 2, dim: 16, heads: 2, numClasses: 3, maskToken: fsr), seed: 1)
         let decoder = try SegDecoder(config: SegDecoderConfig(inChannels: 16, channels: 8, dilations: [1], numClasses: 4), seed: 2)
         var s = SingleStageSettings()
@@ -319,6 +319,7 @@ final class SelfDistillationTests: XCTestCase {
         s.segWarmupSteps = warmup
         s.fsr = fsr
         s.maskRatio = maskRatio
+        s.ptcWeight = ptcWeight
         let head = fsr ? try FSRHead(config: FSRHeadConfig(dim: 16, heads: 2, projectorHidden: 12, bottleneck: 6, outDim: 10), seed: 3) : nil
         return try SingleStageTrainer(network: try SegNetwork(backbone: vit, decoder: decoder), head: head, settings: s, seed: 4)
     }
@@ -371,6 +372,51 @@ final class SelfDistillationTests: XCTestCase {
         let b = try labels.withUnsafeBufferPointer { try baseline.trainStep(view: view, secondView: nil, labels: $0.baseAddress!, pseudoLabels: pseudo) }
         XCTAssertEqual(b.fsrClassLoss + b.fsrPatchLoss, 0)
         XCTAssertGreaterThan(b.segLoss, 0)
+    }
+
+    /// With `ptc_weight`, the patch token contrast runs from the first step (during the
+    /// segmentation warm-up too) on the forward's last-layer tokens under the online labels
+    /// brought to the token grid, enters the loss with its weight, and training lowers it.
+    func testPatchTokenContrastRunsFromTheFirstStepAndTrainingLowersIt() throws {
+        var rng = SplitMix64(seed: 9)
+        let view = Tensor(shape: [2, 16, 16, 3])
+        view.fillNormal(std: 1, rng: &rng)
+        let labels: [Float] = [1, 0, 1, 0, 1, 0]
+        // Left half class 1, right half background, a band of 255 between.
+        let pixels: [UInt8] = (0..<(2 * 16 * 16)).map { (i: Int) -> UInt8 in
+            let x = i % 16
+            return x < 7 ? 1 : (x < 9 ? 255 : 0)
+        }
+        let weight = 2.0
+        let trainer = try tinyTrainer(fsr: false, warmup: 100, ptcWeight: weight)
+        var calls = 0, expected = 0.0
+        let pseudo: (ViTActivations) -> [UInt8] = { acts in
+            calls += 1
+            let tokenLabels = PatchTokenContrast.tokenLabels(pixels, batch: 2, height: 16, width: 16, gridH: acts.gridH, gridW: acts.gridW)
+            expected = tokenLabels.withUnsafeBufferPointer {
+                PatchTokenContrast.loss(tokens: acts.features.data, labels: $0.baseAddress!, batch: 2, patches: acts.patches, dim: 16)
+            }
+            return pixels
+        }
+        var losses: [Double] = []
+        for step in 0..<8 {
+            let r = try labels.withUnsafeBufferPointer { try trainer.trainStep(view: view, secondView: nil, labels: $0.baseAddress!, pseudoLabels: pseudo) }
+            XCTAssertEqual(calls, step + 1, "labels are made at every step while PTC is on")
+            XCTAssertEqual(r.segLoss, 0, "segmentation is still warming up")
+            XCTAssertEqual(r.ptcLoss, expected, accuracy: 1e-12)
+            XCTAssertEqual(r.loss, r.clsLoss + weight * r.ptcLoss, accuracy: 1e-9)
+            losses.append(r.ptcLoss)
+        }
+        XCTAssertLessThan(losses.last!, losses.first! - 0.01, "\(losses)")
+
+        // Off (the default): no labels during the warm-up and no PTC term.
+        let off = try tinyTrainer(fsr: false, warmup: 100)
+        var offCalls = 0
+        let r = try labels.withUnsafeBufferPointer {
+            try off.trainStep(view: view, secondView: nil, labels: $0.baseAddress!) { _ in offCalls += 1; return pixels }
+        }
+        XCTAssertEqual(offCalls, 0)
+        XCTAssertEqual(r.ptcLoss, 0)
     }
 
     /// A non-finite input ends the step with an error naming it, before any weight changes.

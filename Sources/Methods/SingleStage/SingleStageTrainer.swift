@@ -12,6 +12,10 @@ public struct SingleStageSettings: Codable, Equatable, Sendable {
     /// Weight of the pseudo-label segmentation loss, and the optimiser steps before it starts.
     public var segWeight = 0.1
     public var segWarmupSteps = 0
+    /// Weight of ToCo's patch token contrast on the last layer's patch tokens (`PatchTokenContrast`;
+    /// ToCo and FSR's code 0.2), on from the first step with the online pseudo labels brought to
+    /// the token grid; 0 = off.
+    public var ptcWeight = 0.0
     /// Feature self-reinforcement on top of the baseline.
     public var fsr = false
     public var fsrClassWeight = 0.1
@@ -38,7 +42,7 @@ public struct SingleStageSettings: Codable, Equatable, Sendable {
     public init() {}
 
     enum CodingKeys: String, CodingKey {
-        case optimizer, segWeight = "seg_weight", segWarmupSteps = "seg_warmup_steps", fsr
+        case optimizer, segWeight = "seg_weight", segWarmupSteps = "seg_warmup_steps", ptcWeight = "ptc_weight", fsr
         case fsrClassWeight = "fsr_class_weight", fsrPatchWeight = "fsr_patch_weight", maskRatio = "mask_ratio"
         case uncertainLow = "uncertain_low", uncertainHigh = "uncertain_high", maskBlock = "mask_block"
         case randomMaskFraction = "random_mask_fraction", teacherMomentum = "teacher_momentum"
@@ -49,6 +53,7 @@ public struct SingleStageSettings: Codable, Equatable, Sendable {
     public func validate() throws {
         func fail(_ s: String) -> EngineError { EngineError("invalid single-stage settings: \(s)") }
         if !(segWeight >= 0) || segWarmupSteps < 0 { throw fail("seg_weight >= 0 and seg_warmup_steps >= 0 needed") }
+        if !(ptcWeight >= 0) { throw fail("ptc_weight must be >= 0") }
         if !(maskRatio >= 0 && maskRatio < 1) { throw fail("mask_ratio \(maskRatio) outside [0, 1)") }
         if !(uncertainLow < uncertainHigh) { throw fail("uncertain_low \(uncertainLow) must be below uncertain_high \(uncertainHigh)") }
         if maskBlock < 1 { throw fail("mask_block must be >= 1") }
@@ -91,6 +96,8 @@ public final class SingleStageTrainer {
         public var loss: Double
         public var clsLoss: Double
         public var segLoss: Double
+        /// Patch token contrast (0 while off).
+        public var ptcLoss: Double
         public var fsrClassLoss: Double
         public var fsrPatchLoss: Double
         /// Fraction of pseudo-label pixels that are not 255 (0 while segmentation is off).
@@ -205,11 +212,15 @@ public final class SingleStageTrainer {
         let gCam = Tensor(shape: [B, C]), gCls = Tensor(shape: [B, C])
         let camLoss = ClassificationLoss.multilabelSoftMargin(logits: a.camLogits.data, labels: labels, batch: B, classes: C, gradient: gCam.data)
         let clsLoss = ClassificationLoss.multilabelSoftMargin(logits: a.clsLogits.data, labels: labels, batch: B, classes: C, gradient: gCls.data)
-        var segLoss = 0.0, labelled = 0.0
+        var segLoss = 0.0, labelled = 0.0, ptcLoss = 0.0
         var dFeatures: Tensor? = nil
-        if segmentationActive && settings.segWeight > 0 {
-            let pseudo = try pseudoLabels(a)
+        let segmenting = segmentationActive && settings.segWeight > 0
+        var pseudo: [UInt8] = []
+        if segmenting || settings.ptcWeight > 0 {
+            pseudo = try pseudoLabels(a)
             precondition(pseudo.count == B * Hs * Ws, "pseudo labels must be [\(B), \(Hs), \(Ws)]")
+        }
+        if segmenting {
             let h = a.gridH, w = a.gridW
             let dec = network.decoder.forward(features: a.features, image: network.decoder.config.hasDetail ? view : nil,
                                               batch: B, height: h, width: w)
@@ -232,6 +243,17 @@ public final class SingleStageTrainer {
                 network.decoder.backward(dec, dLogits: dSmall, dFeatures: dF)
                 dFeatures = dF
             }
+        }
+        if settings.ptcWeight > 0 {
+            // ToCo takes these labels from an auxiliary CAM of an earlier layer; ours come from the
+            // last layer's CAMs, the ones the segmentation loss uses.
+            let tokenLabels = PatchTokenContrast.tokenLabels(pseudo, batch: B, height: Hs, width: Ws, gridH: a.gridH, gridW: a.gridW)
+            let dF = dFeatures ?? Tensor(shape: [B, a.patches, backbone.config.dim])
+            ptcLoss = tokenLabels.withUnsafeBufferPointer {
+                PatchTokenContrast.loss(tokens: a.features.data, labels: $0.baseAddress!, batch: B, patches: a.patches, dim: backbone.config.dim,
+                                        dTokens: dF.data, weight: Float(settings.ptcWeight))
+            }
+            dFeatures = dF
         }
         backbone.backward(a, ViTOutputGrads(camLogits: gCam, clsLogits: gCls, features: dFeatures))
 
@@ -310,10 +332,11 @@ public final class SingleStageTrainer {
             }
         }
 
-        let loss = camLoss + clsLoss + settings.segWeight * segLoss + settings.fsrClassWeight * fsrClass + settings.fsrPatchWeight * fsrPatch
+        let loss = camLoss + clsLoss + settings.segWeight * segLoss + settings.ptcWeight * ptcLoss
+            + settings.fsrClassWeight * fsrClass + settings.fsrPatchWeight * fsrPatch
         guard loss.isFinite else {
             throw TrainingError("loss became \(loss.isNaN ? "NaN" : "infinite") at optimiser step \(step + 1) "
-                                + "(cls \(camLoss + clsLoss), seg \(segLoss), fsr class \(fsrClass), fsr patch \(fsrPatch))")
+                                + "(cls \(camLoss + clsLoss), seg \(segLoss), ptc \(ptcLoss), fsr class \(fsrClass), fsr patch \(fsrPatch))")
         }
         let norm = GradientTools.clipByGlobalNorm(trained.map { ($0.grad.data, $0.grad.count) }, maxNorm: settings.optimizer.clipGradNorm)
         guard norm.isFinite else {
@@ -327,7 +350,7 @@ public final class SingleStageTrainer {
             ema.update(from: distilled.map { UnsafePointer($0.value.data) }, decay: momentum)
             for (index, t) in teacherParams.enumerated() { t.value.data.update(from: ema.average(of: index).baseAddress!, count: t.value.count) }
         }
-        return StepResult(loss: loss, clsLoss: camLoss + clsLoss, segLoss: segLoss, fsrClassLoss: fsrClass, fsrPatchLoss: fsrPatch,
+        return StepResult(loss: loss, clsLoss: camLoss + clsLoss, segLoss: segLoss, ptcLoss: ptcLoss, fsrClassLoss: fsrClass, fsrPatchLoss: fsrPatch,
                           labelledFraction: labelled, maskedFraction: maskedFraction, gradNorm: norm, lr: lr)
     }
 }
