@@ -80,12 +80,14 @@ public struct SingleStageSettings: Codable, Equatable, Sendable {
     }
 }
 
-/// Single-stage WSSS training (the ToCo/FSR frame without ToCo's token contrast): one ViT with
+/// Single-stage WSSS training (the ToCo/FSR frame without ToCo's auxiliary CAM head): one ViT with
 /// its classification heads and the segmentation decoder, trained jointly with
 /// - classification: multi-label soft margin on both heads (every step);
 /// - segmentation: pixel cross-entropy (255 ignored) on online pseudo labels that the caller
 ///   makes from the current CAMs (no gradient through them), weight `segWeight`, after
 ///   `segWarmupSteps`;
+/// - with `ptcWeight` > 0: ToCo's patch token contrast on the last layer's patch tokens under the
+///   same labels on the token grid, from the first step;
 /// - with `fsr`: the view's uncertain patch tokens (by its CAM) are masked and passed through
 ///   the student again; an EMA teacher sees the unmasked view and a second augmented view; the
 ///   FSR head projects tokens to softmax distributions; cross-entropy between teacher and
