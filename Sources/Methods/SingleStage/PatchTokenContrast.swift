@@ -11,7 +11,8 @@ import Engine
 /// self-pairs and tokens labelled 255 are left out, as ToCo's `label_to_aff_mask` does).
 public enum PatchTokenContrast {
     /// Pseudo labels [B, H, W] brought to the token grid [B, gridH, gridW] as PyTorch's
-    /// `F.interpolate(mode='nearest')` does (source index floor(i * H / gridH)).
+    /// `F.interpolate(mode='nearest')` does (source index floor(i * H / gridH)); not
+    /// `Resize.nearest`, which samples pixel centres ('nearest-exact') and would pick other pixels.
     public static func tokenLabels(_ labels: [UInt8], batch B: Int, height H: Int, width W: Int, gridH: Int, gridW: Int) -> [UInt8] {
         precondition(labels.count == B * H * W, "labels must be [\(B), \(H), \(W)]")
         var out = [UInt8](repeating: 255, count: B * gridH * gridW)
@@ -51,7 +52,8 @@ public enum PatchTokenContrast {
         let unit = UnsafeMutablePointer<S>.allocate(capacity: N * D)
         let norms = UnsafeMutablePointer<S>.allocate(capacity: N)
         let cosines = UnsafeMutablePointer<S>.allocate(capacity: N * N)
-        defer { unit.deallocate(); norms.deallocate(); cosines.deallocate() }
+        let du = UnsafeMutablePointer<S>.allocate(capacity: dTokens == nil ? 0 : N * D)
+        defer { unit.deallocate(); norms.deallocate(); cosines.deallocate(); du.deallocate() }
         var positiveSum = 0.0, negativeSum = 0.0
         for b in 0..<B {
             let x = tokens + b * N * D, lab = labels + b * N
@@ -84,15 +86,11 @@ public enum PatchTokenContrast {
             guard let dTokens else { continue }
             // dL/du = (G + G^T) u = 2 G u; through the normalisation dx = (du - u (u . du)) / |x|
             // (du / 1e-8 where the norm was clamped, u = x / 1e-8 being linear there).
-            let du = UnsafeMutablePointer<S>.allocate(capacity: N * D)
-            defer { du.deallocate() }
             S.gemm(transA: false, transB: false, m: N, n: D, k: N, alpha: 2 * weight, a: cosines, lda: N, b: unit, ldb: D, beta: 0, c: du, ldc: D)
             let dx = dTokens + b * N * D
             for n in 0..<N {
                 let u = unit + n * D, g = du + n * D, inv = 1 / norms[n]
-                let x = tokens + (b * N + n) * D
-                let clamped = S.rowDot(x, x, D).squareRoot() < S(1e-8)
-                let along = clamped ? 0 : S.rowDot(u, g, D)
+                let along = norms[n] <= S(1e-8) ? 0 : S.rowDot(u, g, D)  // clamped norm: u = x / 1e-8 is linear
                 for j in 0..<D { dx[n * D + j] += (g[j] - u[j] * along) * inv }
             }
         }
