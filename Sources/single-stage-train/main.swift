@@ -26,7 +26,8 @@ enum Method: String, ParameterChoice {
 /// single-stage-train's own parameters, next to the shared SegmentationParameters.
 struct SingleStageParameters: Codable {
     static let rules: [String: ParameterRule] = [
-        "seg_weight": .nonNegative, "seg_warmup_epochs": .nonNegative, "ptc_weight": .nonNegative, "high_background": .probability,
+        "seg_weight": .nonNegative, "seg_warmup_epochs": .nonNegative, "ptc_weight": .nonNegative, "class_token_weight": .nonNegative,
+        "aux_layer": ParameterRule(max: 0), "aux_weight": .nonNegative, "high_background": .probability,
         "low_background": .probability, "par_iterations": .nonNegative, "fsr_class_weight": .nonNegative,
         "fsr_patch_weight": .nonNegative, "mask_ratio": .probability, "uncertain_low": .probability,
         "uncertain_high": .probability, "mask_block": .atLeast(1), "random_mask_fraction": .probability,
@@ -41,6 +42,14 @@ struct SingleStageParameters: Codable {
     var segWarmupEpochs = 1
     /// ToCo's patch token contrast on the last layer's tokens (ToCo / FSR code: 0.2); 0 = off.
     var ptcWeight = 0.0
+    /// CAM head pooling (`average`, or ToCo/FSR's `max`), the class-token head's loss weight
+    /// (ToCo/FSR: 0), and the auxiliary max-pooled CAM head on block `aux_layer` from the end
+    /// (ToCo/FSR: -3; 0 = off) with its loss weight; its CAM gives the PTC labels (thresholds
+    /// high_background / low_background, as FSR's code uses one pair) and FSR's uncertainty.
+    var classifierPooling = ClassifierPooling.average
+    var classTokenWeight = 1.0
+    var auxLayer = 0
+    var auxWeight = 1.0
     /// Online pseudo labels: the two background scores of CAM -> PAR -> labels (FSR code:
     /// high_thre 0.7, low_thre 0.25), as pseudo-label's.
     var highBackground = 0.7
@@ -67,6 +76,7 @@ struct SingleStageParameters: Codable {
     enum CodingKeys: String, CodingKey {
         case method
         case segWeight = "seg_weight", segWarmupEpochs = "seg_warmup_epochs", ptcWeight = "ptc_weight"
+        case classifierPooling = "classifier_pooling", classTokenWeight = "class_token_weight", auxLayer = "aux_layer", auxWeight = "aux_weight"
         case highBackground = "high_background", lowBackground = "low_background", parIterations = "par_iterations"
         case fsrClassWeight = "fsr_class_weight", fsrPatchWeight = "fsr_patch_weight", maskRatio = "mask_ratio"
         case uncertainLow = "uncertain_low", uncertainHigh = "uncertain_high", maskBlock = "mask_block"
@@ -133,6 +143,12 @@ StageMain.run(spec, parameters: Params.self) { ctx in
     settings.segWeight = s.segWeight
     settings.segWarmupSteps = s.segWarmupEpochs * stepsPerEpoch
     settings.ptcWeight = s.ptcWeight
+    settings.classifierPooling = s.classifierPooling
+    settings.classTokenWeight = s.classTokenWeight
+    settings.auxLayer = s.auxLayer
+    settings.auxWeight = s.auxWeight
+    settings.auxHigh = s.highBackground
+    settings.auxLow = s.lowBackground
     settings.fsr = s.method == .fsr
     settings.fsrClassWeight = s.fsrClassWeight
     settings.fsrPatchWeight = s.fsrPatchWeight
@@ -185,7 +201,8 @@ StageMain.run(spec, parameters: Params.self) { ctx in
     try session.train(itemCount: images.count, seed: p.seed,
                       learningRate: { run.trainer.schedule.lr(atStep: max(run.trainer.step - 1, 0)) }) { batch, rng in
         let r = try run.step(batch: batch, rng: &rng)
-        let fsr = (settings.ptcWeight > 0 ? String(format: " ptc %.4f", r.ptcLoss) : "")
+        let fsr = (settings.auxLayer != 0 ? String(format: " aux %.4f", r.auxLoss) : "")
+            + (settings.ptcWeight > 0 ? String(format: " ptc %.4f", r.ptcLoss) : "")
             + (settings.fsr ? String(format: " fsr %.4f/%.4f", r.fsrClassLoss, r.fsrPatchLoss) : "")
         return SegmentationStep(loss: r.loss, note: String(format: "loss %.4f (cls %.4f seg %.4f%@) lr %.2e", r.loss, r.clsLoss, r.segLoss, fsr, r.lr))
     }

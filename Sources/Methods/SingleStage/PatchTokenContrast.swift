@@ -28,6 +28,38 @@ public enum PatchTokenContrast {
         return out
     }
 
+    /// Token labels from a CAM as FSR's code makes them for PTC (`multi_scale_cam` at one scale,
+    /// then `cam_to_label(ignore_mid=True)`): per present class c the CAM ReLU(s_c) min-max
+    /// normalised over the image's tokens, (r - min) / (max - min + 1e-5); per token the largest
+    /// value v and its class k; label k + 1 where v > high, 255 where low < v <= high, background
+    /// 0 where v <= low. patchScores [B, N, C], classLabels [B, C] multi-hot; tokens with `valid`
+    /// false (padding the augmentation added) are 255.
+    public static func camTokenLabels(patchScores: UnsafePointer<Float>, classLabels: UnsafePointer<Float>, batch B: Int, patches N: Int,
+                                      classes C: Int, high: Float, low: Float, valid: [Bool]? = nil) -> [UInt8] {
+        precondition(valid == nil || valid!.count == B * N, "valid must be [\(B), \(N)]")
+        precondition(C < 255, "at most 254 classes fit a UInt8 label")
+        var value = [Float](repeating: 0, count: B * N), best = [Int](repeating: 0, count: B * N)
+        for b in 0..<B {
+            for c in 0..<C where classLabels[b * C + c] > 0.5 {
+                var lowest = Float.infinity, top = -Float.infinity
+                for n in 0..<N {
+                    let r = max(patchScores[(b * N + n) * C + c], 0)
+                    lowest = min(lowest, r)
+                    top = max(top, r)
+                }
+                let inv = 1 / (top - lowest + 1e-5)
+                for n in 0..<N {
+                    let v = (max(patchScores[(b * N + n) * C + c], 0) - lowest) * inv
+                    if v > value[b * N + n] { value[b * N + n] = v; best[b * N + n] = c }
+                }
+            }
+        }
+        return (0..<(B * N)).map { i in
+            if let valid, !valid[i] { return 255 }
+            return value[i] > high ? UInt8(best[i] + 1) : (value[i] > low ? 255 : 0)
+        }
+    }
+
     /// The loss of tokens [B, N, D] under token labels [B, N] (255 = no label). With `dTokens`,
     /// ADDS weight * dL/dtokens. Tokens are normalised as `F.normalize` does (x / max(|x|, 1e-8)).
     @discardableResult

@@ -41,7 +41,10 @@ public final class SingleStageRun {
     }
 
     public var summary: String {
-        var text = "single stage \(settings.fsr ? "fsr" : "baseline"), seg weight \(settings.segWeight) after \(settings.segWarmupSteps) steps"
+        var text = "single stage \(settings.fsr ? "fsr" : "baseline"), \(settings.classifierPooling.rawValue)-pooled CAM head, "
+            + "seg weight \(settings.segWeight) after \(settings.segWarmupSteps) steps"
+        if settings.auxLayer != 0 { text += ", auxiliary CAM head on block \(settings.auxLayer)" }
+        if settings.ptcWeight > 0 { text += ", PTC weight \(settings.ptcWeight)" }
         if settings.fsr, let head = trainer.head {
             text += ", FSR mask ratio \(settings.maskRatio), head \(head.parameterCount) params"
         }
@@ -72,11 +75,29 @@ public final class SingleStageRun {
             }
             for c in 0..<C { batchLabels[b * C + c] = classLabels[index][c] }
         }
+        let valid = trainer.auxHead == nil ? nil : validTokens(draws: draws)
         return try batchLabels.withUnsafeBufferPointer { labels in
-            try trainer.trainStep(view: first, secondView: settings.fsr ? second : nil, labels: labels.baseAddress!) { acts in
+            try trainer.trainStep(view: first, secondView: settings.fsr ? second : nil, labels: labels.baseAddress!, validTokens: valid) { acts in
                 pseudoLabels(acts, view: first, draws: draws, labels: labels.baseAddress!, classes: C)
             }
         }
+    }
+
+    /// [B, grid * grid]: whether a token shows the image (the pixel that `PatchTokenContrast.tokenLabels`
+    /// would read for it lies inside the resized image) rather than the augmentation's padding.
+    func validTokens(draws: [AugmentationDraw]) -> [Bool] {
+        let g = trainer.network.backbone.config.grid, S = size
+        var out = [Bool](repeating: false, count: draws.count * g * g)
+        for (b, d) in draws.enumerated() {
+            for i in 0..<g {
+                let y = i * S / g + d.cropY
+                for j in 0..<g {
+                    let x = j * S / g + d.cropX
+                    out[(b * g + i) * g + j] = y >= 0 && y < d.resizedHeight && x >= 0 && x < d.resizedWidth
+                }
+            }
+        }
+        return out
     }
 
     /// Labels [B, S, S] in {0...C, 255} from the forward's CAMs: per present class ReLU(score)
@@ -130,6 +151,7 @@ public final class SingleStageRun {
         contents.attributes["method"] = .text(settings.fsr ? "fsr" : "baseline")
         contents.attributes["single_stage"] = try .json(settings)
         contents.attributes["pseudo_labels"] = try .json(confident)
+        if let aux = trainer.auxHead { contents.groups["aux_weights"] = [StoredTensor(name: aux.name, tensor: aux.value)] }
         guard settings.fsr, let head = trainer.head, let teacher = trainer.teacher, let teacherHead = trainer.teacherHead else { return }
         contents.attributes["fsr_head_config"] = try .json(head.config)
         for (group, parameters) in [("ema_weights", teacher.parameters), ("fsr_weights", head.parameters), ("fsr_ema_weights", teacherHead.parameters)] {

@@ -16,6 +16,22 @@ public struct SingleStageSettings: Codable, Equatable, Sendable {
     /// ToCo and FSR's code 0.2), on from the first step with the online pseudo labels brought to
     /// the token grid; 0 = off.
     public var ptcWeight = 0.0
+    /// How the CAM head's patch scores become image logits: `average` (global average of the
+    /// patch scores, the AReAM/MCTformer head the multi-stage classifier uses) or `max` (ToCo's and
+    /// FSR's `top_classifier`: global max pooling of the tokens per channel, then the 1x1
+    /// classifier; `MaxPooledClassifier`).
+    public var classifierPooling = ClassifierPooling.average
+    /// Weight of the class-token head's classification loss (ToCo and FSR have none: 0).
+    public var classTokenWeight = 1.0
+    /// ToCo's and FSR's auxiliary CAM head: a max-pooled classifier of its own on the un-normed
+    /// output of block `auxLayer` counted from the end (their -3; 0 = off), trained with weight
+    /// `auxWeight`. Its CAM gives the PTC labels (`PatchTokenContrast.camTokenLabels` with
+    /// `auxHigh` / `auxLow`, the thresholds of the online pseudo labels as in FSR's code) and,
+    /// with FSR, the uncertainty that picks the masked tokens (FSR's `mask_generator(aux_cam)`).
+    public var auxLayer = 0
+    public var auxWeight = 1.0
+    public var auxHigh = 0.7
+    public var auxLow = 0.25
     /// Feature self-reinforcement on top of the baseline.
     public var fsr = false
     public var fsrClassWeight = 0.1
@@ -43,6 +59,8 @@ public struct SingleStageSettings: Codable, Equatable, Sendable {
 
     enum CodingKeys: String, CodingKey {
         case optimizer, segWeight = "seg_weight", segWarmupSteps = "seg_warmup_steps", ptcWeight = "ptc_weight", fsr
+        case classifierPooling = "classifier_pooling", classTokenWeight = "class_token_weight"
+        case auxLayer = "aux_layer", auxWeight = "aux_weight", auxHigh = "aux_high", auxLow = "aux_low"
         case fsrClassWeight = "fsr_class_weight", fsrPatchWeight = "fsr_patch_weight", maskRatio = "mask_ratio"
         case uncertainLow = "uncertain_low", uncertainHigh = "uncertain_high", maskBlock = "mask_block"
         case randomMaskFraction = "random_mask_fraction", teacherMomentum = "teacher_momentum"
@@ -54,6 +72,10 @@ public struct SingleStageSettings: Codable, Equatable, Sendable {
         func fail(_ s: String) -> EngineError { EngineError("invalid single-stage settings: \(s)") }
         if !(segWeight >= 0) || segWarmupSteps < 0 { throw fail("seg_weight >= 0 and seg_warmup_steps >= 0 needed") }
         if !(ptcWeight >= 0) { throw fail("ptc_weight must be >= 0") }
+        if !(classTokenWeight >= 0) { throw fail("class_token_weight must be >= 0") }
+        if auxLayer > 0 { throw fail("aux_layer \(auxLayer) must count blocks from the end (-1 = the last block) or be 0 (off)") }
+        if !(auxWeight >= 0) { throw fail("aux_weight must be >= 0") }
+        if !(auxLow < auxHigh && auxLow >= 0 && auxHigh <= 1) { throw fail("aux_low \(auxLow) must be below aux_high \(auxHigh), both in [0, 1]") }
         if !(maskRatio >= 0 && maskRatio < 1) { throw fail("mask_ratio \(maskRatio) outside [0, 1)") }
         if !(uncertainLow < uncertainHigh) { throw fail("uncertain_low \(uncertainLow) must be below uncertain_high \(uncertainHigh)") }
         if maskBlock < 1 { throw fail("mask_block must be >= 1") }
@@ -80,14 +102,22 @@ public struct SingleStageSettings: Codable, Equatable, Sendable {
     }
 }
 
-/// Single-stage WSSS training (the ToCo/FSR frame without ToCo's auxiliary CAM head): one ViT with
-/// its classification heads and the segmentation decoder, trained jointly with
-/// - classification: multi-label soft margin on both heads (every step);
+/// The pooling of `SingleStageSettings.classifierPooling`.
+public enum ClassifierPooling: String, ParameterChoice, Sendable {
+    case average, max
+}
+
+/// Single-stage WSSS training (the ToCo/FSR frame): one ViT with its classification heads and the
+/// segmentation decoder, trained jointly with
+/// - classification: multi-label soft margin on the CAM head (average- or max-pooled) and, with
+///   weight `classTokenWeight`, the class-token head (every step);
+/// - with `auxLayer`: the auxiliary max-pooled CAM head on an earlier block (weight `auxWeight`);
 /// - segmentation: pixel cross-entropy (255 ignored) on online pseudo labels that the caller
 ///   makes from the current CAMs (no gradient through them), weight `segWeight`, after
 ///   `segWarmupSteps`;
-/// - with `ptcWeight` > 0: ToCo's patch token contrast on the last layer's patch tokens under the
-///   same labels on the token grid, from the first step;
+/// - with `ptcWeight` > 0: ToCo's patch token contrast on the last layer's patch tokens, from the
+///   first step, under the auxiliary CAM's token labels (without it, the online pseudo labels
+///   brought to the token grid);
 /// - with `fsr`: the view's uncertain patch tokens (by its CAM) are masked and passed through
 ///   the student again; an EMA teacher sees the unmasked view and a second augmented view; the
 ///   FSR head projects tokens to softmax distributions; cross-entropy between teacher and
@@ -100,6 +130,8 @@ public final class SingleStageTrainer {
         public var segLoss: Double
         /// Patch token contrast (0 while off).
         public var ptcLoss: Double
+        /// The auxiliary head's classification loss (0 while off).
+        public var auxLoss: Double
         public var fsrClassLoss: Double
         public var fsrPatchLoss: Double
         /// Fraction of pseudo-label pixels that are not 255 (0 while segmentation is off).
@@ -123,6 +155,11 @@ public final class SingleStageTrainer {
     public let classCentre: Tensor?, patchCentre: Tensor?
     public var step: Int { optimizer.stepCount }
     public var rng: SplitMix64
+    /// The auxiliary CAM head's weight [C, D] ("aux_classifier.weight"; nil while off) and the
+    /// index of the hidden state it reads (block depth + auxLayer's output).
+    public let auxHead: ParameterOf<Float>?
+    public let auxHiddenIndex: Int?
+    let camHead: (name: String, value: Tensor, grad: Tensor)
     let trained: [(name: String, value: Tensor, grad: Tensor)]
     let distilled: [(name: String, value: Tensor, grad: Tensor)]
     let teacherParams: [(name: String, value: Tensor, grad: Tensor)]
@@ -143,7 +180,29 @@ public final class SingleStageTrainer {
             }
         }
         let fsrParams = settings.fsr ? head!.parameters : []
-        trained = network.parameters.filter { !network.backbone.isFrozen($0.name) } + fsrParams
+        let depth = network.backbone.config.depth, C = network.backbone.config.numClasses, D = network.backbone.config.dim
+        if settings.auxLayer != 0 {
+            guard settings.auxLayer >= -depth else {
+                throw EngineError("aux_layer \(settings.auxLayer) reaches before the first of the backbone's \(depth) blocks")
+            }
+            let aux = ParameterOf<Float>("aux_classifier.weight", [C, D])
+            var initRNG = SplitMix64(seed: seed ^ 0xA0C5_0003)
+            aux.value.fillTruncatedNormal(std: 0.02, rng: &initRNG)  // as the ViT's CAM head
+            auxHead = aux
+            auxHiddenIndex = depth + settings.auxLayer + 1
+        } else {
+            auxHead = nil
+            auxHiddenIndex = nil
+        }
+        guard let cam = network.backbone.parameters.first(where: { $0.name == "cam_head.weight" }) else {
+            throw EngineError("the backbone has no CAM head")
+        }
+        camHead = cam
+        // Without its loss the class-token head would only decay: it stays out of the optimiser.
+        trained = network.parameters.filter {
+            !network.backbone.isFrozen($0.name) && !(settings.classTokenWeight == 0 && $0.name.hasPrefix("cls_head."))
+        } + fsrParams
+            + (auxHead.map { [($0.name, $0.value, $0.grad)] } ?? [])
         let groups = [
             ParameterGroup(name: "backbone_decay", lrMultiplier: settings.optimizer.backboneLRMultiplier, weightDecay: settings.optimizer.weightDecay),
             ParameterGroup(name: "backbone_no_decay", lrMultiplier: settings.optimizer.backboneLRMultiplier, weightDecay: 0),
@@ -152,7 +211,7 @@ public final class SingleStageTrainer {
         ]
         // FSR's aggregation blocks live inside the reference's encoder and train at its rate; the
         // projector trains with the heads.
-        let headPrefixes = ParameterGrouping.headPrefixes + ["decoder.", "fsr.projector."]
+        let headPrefixes = ParameterGrouping.headPrefixes + ["decoder.", "fsr.projector.", "aux_classifier."]
         optimizer = AdamW(
             settings: .init(lr: settings.optimizer.lr, beta1: settings.optimizer.beta1, beta2: settings.optimizer.beta2, eps: settings.optimizer.eps),
             groups: groups,
@@ -197,10 +256,12 @@ public final class SingleStageTrainer {
     /// One step on `view` [B, S, S, 3] with multi-hot labels [B, C]; `secondView` (same shape,
     /// another augmentation of the same images) is required with FSR. `pseudoLabels` gets the
     /// view's forward (CAMs in `patchScores`) and returns labels [B, S, S] in {0...C, 255}; it is
-    /// only called while segmentation is on. Throws, naming the step, on a non-finite loss or
-    /// gradient; the weights are then unchanged.
+    /// only called while segmentation is on (or PTC without the auxiliary head). `validTokens`
+    /// [B, gridH * gridW] marks the tokens that show the image rather than padding (nil: all);
+    /// the auxiliary CAM's token labels are 255 elsewhere. Throws, naming the step, on a
+    /// non-finite loss or gradient; the weights are then unchanged.
     @discardableResult
-    public func trainStep(view: Tensor, secondView: Tensor?, labels: UnsafePointer<Float>,
+    public func trainStep(view: Tensor, secondView: Tensor?, labels: UnsafePointer<Float>, validTokens: [Bool]? = nil,
                           pseudoLabels: (ViTActivations) throws -> [UInt8]) throws -> StepResult {
         let backbone = network.backbone
         let B = view.shape[0], Hs = view.shape[1], Ws = view.shape[2], C = backbone.config.numClasses
@@ -211,14 +272,43 @@ public final class SingleStageTrainer {
         // Classification (+ segmentation) on the unmasked view.
         let a = backbone.forward(images: view, training: true, reuse: acts)
         acts = a
+        let D = backbone.config.dim, N = a.patches
         let gCam = Tensor(shape: [B, C]), gCls = Tensor(shape: [B, C])
-        let camLoss = ClassificationLoss.multilabelSoftMargin(logits: a.camLogits.data, labels: labels, batch: B, classes: C, gradient: gCam.data)
-        let clsLoss = ClassificationLoss.multilabelSoftMargin(logits: a.clsLogits.data, labels: labels, batch: B, classes: C, gradient: gCls.data)
-        var segLoss = 0.0, labelled = 0.0, ptcLoss = 0.0
         var dFeatures: Tensor? = nil
+        let camLoss: Double
+        switch settings.classifierPooling {
+        case .average:
+            camLoss = ClassificationLoss.multilabelSoftMargin(logits: a.camLogits.data, labels: labels, batch: B, classes: C, gradient: gCam.data)
+        case .max:
+            let pooled = MaxPooledClassifier.forward(tokens: a.features.data, batch: B, patches: N, dim: D, weight: camHead.value.data, classes: C)
+            camLoss = ClassificationLoss.multilabelSoftMargin(logits: pooled.logits.data, labels: labels, batch: B, classes: C, gradient: gCam.data)
+            let dF = Tensor(shape: [B, N, D])
+            MaxPooledClassifier.backward(pooled, dLogits: gCam.data, weight: camHead.value.data, dWeight: camHead.grad.data, dTokens: dF.data)
+            dFeatures = dF
+        }
+        let clsLoss = settings.classTokenWeight > 0
+            ? ClassificationLoss.multilabelSoftMargin(logits: a.clsLogits.data, labels: labels, batch: B, classes: C, gradient: gCls.data,
+                                                      scale: settings.classTokenWeight)
+            : 0
+        // The auxiliary head on block depth + auxLayer's output (its patch rows; row 0 is the class token).
+        var auxLoss = 0.0, auxScores: Tensor? = nil, dHidden: [Int: Tensor] = [:]
+        if let auxHead, let index = auxHiddenIndex {
+            let T = a.tokenCount, hidden = a.hiddenStates[index].data + D
+            let pooled = MaxPooledClassifier.forward(tokens: hidden, batch: B, patches: N, dim: D, imageStride: T * D,
+                                                     weight: auxHead.value.data, classes: C)
+            let gAux = Tensor(shape: [B, C])
+            auxLoss = ClassificationLoss.multilabelSoftMargin(logits: pooled.logits.data, labels: labels, batch: B, classes: C, gradient: gAux.data,
+                                                              scale: settings.auxWeight)
+            let dH = Tensor(shape: [B, T, D])
+            MaxPooledClassifier.backward(pooled, dLogits: gAux.data, weight: auxHead.value.data, dWeight: auxHead.grad.data, dTokens: dH.data + D)
+            dHidden[index] = dH
+            auxScores = MaxPooledClassifier.patchScores(tokens: hidden, batch: B, patches: N, dim: D, imageStride: T * D,
+                                                        weight: auxHead.value.data, classes: C)
+        }
+        var segLoss = 0.0, labelled = 0.0, ptcLoss = 0.0
         let segmenting = segmentationActive && settings.segWeight > 0
         var pseudo: [UInt8] = []
-        if segmenting || settings.ptcWeight > 0 {
+        if segmenting || (settings.ptcWeight > 0 && auxScores == nil) {
             pseudo = try pseudoLabels(a)
             precondition(pseudo.count == B * Hs * Ws, "pseudo labels must be [\(B), \(Hs), \(Ws)]")
         }
@@ -241,31 +331,36 @@ public final class SingleStageTrainer {
                 let dSmall = Tensor(shape: [B, ho, wo, K])
                 Kernels.bilinearResizeBackward(dInp: dSmall.data, dOut: dLogits.data, batch: B, inHeight: ho, inWidth: wo,
                                                outHeight: Hs, outWidth: Ws, channels: K)
-                let dF = Tensor(shape: [B, h * w, backbone.config.dim])
+                    let dF = dFeatures ?? Tensor(shape: [B, h * w, D])
                 network.decoder.backward(dec, dLogits: dSmall, dFeatures: dF)
                 dFeatures = dF
             }
         }
         if settings.ptcWeight > 0 {
-            // ToCo takes these labels from an auxiliary CAM of an earlier layer; ours come from the
-            // last layer's CAMs, the ones the segmentation loss uses.
-            let tokenLabels = PatchTokenContrast.tokenLabels(pseudo, batch: B, height: Hs, width: Ws, gridH: a.gridH, gridW: a.gridW)
-            let dF = dFeatures ?? Tensor(shape: [B, a.patches, backbone.config.dim])
+            // ToCo's and FSR's labels come from the auxiliary CAM (less smoothed than the last
+            // layer's); without that head, from the online pseudo labels on the token grid.
+            let tokenLabels = auxScores.map {
+                PatchTokenContrast.camTokenLabels(patchScores: $0.data, classLabels: labels, batch: B, patches: N, classes: C,
+                                                  high: Float(settings.auxHigh), low: Float(settings.auxLow), valid: validTokens)
+            } ?? PatchTokenContrast.tokenLabels(pseudo, batch: B, height: Hs, width: Ws, gridH: a.gridH, gridW: a.gridW)
+            let dF = dFeatures ?? Tensor(shape: [B, N, D])
             ptcLoss = tokenLabels.withUnsafeBufferPointer {
-                PatchTokenContrast.loss(tokens: a.features.data, labels: $0.baseAddress!, batch: B, patches: a.patches, dim: backbone.config.dim,
+                PatchTokenContrast.loss(tokens: a.features.data, labels: $0.baseAddress!, batch: B, patches: N, dim: D,
                                         dTokens: dF.data, weight: Float(settings.ptcWeight))
             }
             dFeatures = dF
         }
-        backbone.backward(a, ViTOutputGrads(camLogits: gCam, clsLogits: gCls, features: dFeatures))
+        backbone.backward(a, ViTOutputGrads(camLogits: settings.classifierPooling == .average ? gCam : nil,
+                                            clsLogits: settings.classTokenWeight > 0 ? gCls : nil, features: dFeatures, hiddenStates: dHidden))
 
         var fsrClass = 0.0, fsrPatch = 0.0, maskedFraction = 0.0
         var centreUpdates: (() -> Void)? = nil
         if settings.fsr, let head, let teacher, let teacherHead, let secondView, let classCentre, let patchCentre {
-            let N = a.patches, D = backbone.config.dim, O = head.config.outDim
+            let O = head.config.outDim
             let total = max(settings.optimizer.totalSteps, 1)
             let strategy: UncertaintyMasking.Strategy = Double(step) < Double(total) * settings.randomMaskFraction ? .random : .uncertain
-            let cam = UncertaintyMasking.normalisedCAM(patchScores: a.patchScores.data, labels: labels, batch: B, patches: N, classes: C)
+            // FSR's code measures uncertainty on the auxiliary CAM where there is one.
+            let cam = UncertaintyMasking.normalisedCAM(patchScores: (auxScores ?? a.patchScores).data, labels: labels, batch: B, patches: N, classes: C)
             let mask = UncertaintyMasking.select(cam: cam, batch: B, gridH: a.gridH, gridW: a.gridW, low: Float(settings.uncertainLow),
                                                  high: Float(settings.uncertainHigh), ratio: settings.maskRatio, block: settings.maskBlock,
                                                  strategy: strategy, rng: &rng)
@@ -334,11 +429,11 @@ public final class SingleStageTrainer {
             }
         }
 
-        let loss = camLoss + clsLoss + settings.segWeight * segLoss + settings.ptcWeight * ptcLoss
+        let loss = camLoss + settings.classTokenWeight * clsLoss + settings.auxWeight * auxLoss + settings.segWeight * segLoss + settings.ptcWeight * ptcLoss
             + settings.fsrClassWeight * fsrClass + settings.fsrPatchWeight * fsrPatch
         guard loss.isFinite else {
             throw TrainingError("loss became \(loss.isNaN ? "NaN" : "infinite") at optimiser step \(step + 1) "
-                                + "(cls \(camLoss + clsLoss), seg \(segLoss), ptc \(ptcLoss), fsr class \(fsrClass), fsr patch \(fsrPatch))")
+                                + "(cls \(camLoss + clsLoss), aux \(auxLoss), seg \(segLoss), ptc \(ptcLoss), fsr class \(fsrClass), fsr patch \(fsrPatch))")
         }
         let norm = GradientTools.clipByGlobalNorm(trained.map { ($0.grad.data, $0.grad.count) }, maxNorm: settings.optimizer.clipGradNorm)
         guard norm.isFinite else {
@@ -352,7 +447,7 @@ public final class SingleStageTrainer {
             ema.update(from: distilled.map { UnsafePointer($0.value.data) }, decay: momentum)
             for (index, t) in teacherParams.enumerated() { t.value.data.update(from: ema.average(of: index).baseAddress!, count: t.value.count) }
         }
-        return StepResult(loss: loss, clsLoss: camLoss + clsLoss, segLoss: segLoss, ptcLoss: ptcLoss, fsrClassLoss: fsrClass, fsrPatchLoss: fsrPatch,
+        return StepResult(loss: loss, clsLoss: camLoss + settings.classTokenWeight * clsLoss, segLoss: segLoss, ptcLoss: ptcLoss, auxLoss: auxLoss, fsrClassLoss: fsrClass, fsrPatchLoss: fsrPatch,
                           labelledFraction: labelled, maskedFraction: maskedFraction, gradNorm: norm, lr: lr)
     }
 }
