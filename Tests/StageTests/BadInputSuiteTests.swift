@@ -368,6 +368,9 @@ final class BadInputSuiteTests: XCTestCase {
         Case(stage: "single-stage-train", params: ["eval_scales=[0.01]"], expect: ["parameter 'eval_scales' must be in [0.1, 8], got [0.01]"]),
         Case(stage: "single-stage-train", params: ["mask_block=1.5"], expect: ["parameter 'mask_block' must be a whole number, got 1.5"]),
         Case(stage: "single-stage-train", params: ["low_background=0.9"], expect: ["low_background (0.9) must be below high_background (0.7)"]),
+        Case(stage: "single-stage-train", params: ["aux_layer=2"], expect: ["parameter 'aux_layer' must be <= 0, got 2"]),
+        Case(stage: "single-stage-train", params: ["aux_layer=-5"], expect: ["aux_layer -5 reaches before the first of the backbone's 1 blocks"], sentinel: "checkpoint"),
+        Case(stage: "single-stage-train", params: ["classifier_pooling=sum"], expect: ["parameter 'classifier_pooling' is invalid: 'sum' is not one of average, max"]),
         Case(stage: "single-stage-train", outs: ["samples": "$regular/samples.png"], expect: ["output 'samples': $regular/samples.png: $regular is not a folder"], sentinel: "checkpoint"),
 
         // evaluate: subjects of the wrong kind or dataset, outputs, parameter files.

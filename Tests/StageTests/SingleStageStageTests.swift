@@ -110,6 +110,41 @@ final class SingleStageStageTests: XCTestCase {
         }
     }
 
+    /// ToCo's and FSR's frame as the pipelines set it: the auxiliary head's weight is in the
+    /// checkpoint, the settings record the frame, the progress lines show the auxiliary and PTC
+    /// terms, and the class-token head (no loss, out of the optimiser) keeps its initial weights.
+    func testTheToCoFrameIsRecordedAndItsAuxiliaryHeadSaved() throws {
+        let dataset = try StageHarness.tinyDataset(in: folder)
+        let reader = try DatasetReader(path: dataset)
+        let frame = ["--param", "method=fsr", "--param", "classifier_pooling=max", "--param", "class_token_weight=0",
+                     "--param", "aux_layer=-2", "--param", "ptc_weight=0.2"]
+        let result = try StageHarness.run("single-stage-train", ["--in", "dataset=\(dataset)"] + frame + toy + outputs("frame"))
+        XCTAssertEqual(result.status, 0, result.stderr)
+        XCTAssertTrue(result.stdout.contains("max-pooled CAM head"), result.stdout)
+        XCTAssertTrue(result.stdout.contains("auxiliary CAM head on block -2"), result.stdout)
+        XCTAssertTrue(result.stderr.contains(" aux ") && result.stderr.contains(" ptc "), result.stderr)
+        let root = try ArtifactReader(path: path("frameck.h5"), kind: .checkpoint).root
+        let settings = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(try root.stringAttribute("single_stage").utf8)) as? [String: Any])
+        XCTAssertEqual(settings["classifier_pooling"] as? String, "max")
+        XCTAssertEqual(settings["class_token_weight"] as? Double, 0)
+        XCTAssertEqual(settings["aux_layer"] as? Int, -2)
+        XCTAssertEqual(settings["aux_high"] as? Double, 0.7)  // the pseudo labels' high_background
+        XCTAssertEqual(try root.group("aux_weights").shape(of: "aux_classifier.weight"), [reader.numClasses, 16])
+        // The same run for one epoch instead of two: the CAM head moved on, the class-token head did not.
+        let oneEpoch = toy.map { $0 == "epochs=2" ? "epochs=1" : $0 }
+        XCTAssertNotEqual(oneEpoch, toy)
+        let short = try StageHarness.run("single-stage-train", ["--in", "dataset=\(dataset)"] + frame + oneEpoch + outputs("short"))
+        XCTAssertEqual(short.status, 0, short.stderr)
+        let shortRoot = try ArtifactReader(path: path("shortck.h5"), kind: .checkpoint).root
+        func weight(_ r: HDF5Group, _ name: String) throws -> [Float] { try r.group("weights").read(name, as: Float.self).values }
+        XCTAssertEqual(try weight(root, "cls_head.weight"), try weight(shortRoot, "cls_head.weight"))
+        XCTAssertNotEqual(try weight(root, "cam_head.weight"), try weight(shortRoot, "cam_head.weight"))
+        // Without the frame there is no auxiliary head.
+        let plain = try StageHarness.run("single-stage-train", ["--in", "dataset=\(dataset)", "--param", "method=baseline"] + toy + outputs("plain"))
+        XCTAssertEqual(plain.status, 0, plain.stderr)
+        XCTAssertFalse(try ArtifactReader(path: path("plainck.h5"), kind: .checkpoint).root.contains("aux_weights"))
+    }
+
     /// Single-stage training from image-level labels alone must segment an easy problem (coloured
     /// rectangles on grey noise) clearly better than "background everywhere". The transformer trains
     /// at lr x 0.01: at lr x 1 (or 0.1) its attention learns to spread the image-level label over the
