@@ -40,7 +40,8 @@ struct SingleStageParameters: Codable {
     /// Segmentation loss weight and the epochs of classification only before it.
     var segWeight = 0.1
     var segWarmupEpochs = 1
-    /// ToCo's patch token contrast on the last layer's tokens (ToCo / FSR code: 0.2); 0 = off.
+    /// ToCo's patch token contrast on the last layer's tokens (ToCo / FSR code: 0.2; labelled by
+    /// the auxiliary CAM when aux_layer is set, else by the online pseudo labels); 0 = off.
     var ptcWeight = 0.0
     /// CAM head pooling (`average`, or ToCo/FSR's `max`), the class-token head's loss weight
     /// (ToCo/FSR: 0), and the auxiliary max-pooled CAM head on block `aux_layer` from the end

@@ -331,7 +331,7 @@ public final class SingleStageTrainer {
                 let dSmall = Tensor(shape: [B, ho, wo, K])
                 Kernels.bilinearResizeBackward(dInp: dSmall.data, dOut: dLogits.data, batch: B, inHeight: ho, inWidth: wo,
                                                outHeight: Hs, outWidth: Ws, channels: K)
-                    let dF = dFeatures ?? Tensor(shape: [B, h * w, D])
+                let dF = dFeatures ?? Tensor(shape: [B, h * w, D])
                 network.decoder.backward(dec, dLogits: dSmall, dFeatures: dF)
                 dFeatures = dF
             }
@@ -433,7 +433,7 @@ public final class SingleStageTrainer {
             + settings.fsrClassWeight * fsrClass + settings.fsrPatchWeight * fsrPatch
         guard loss.isFinite else {
             throw TrainingError("loss became \(loss.isNaN ? "NaN" : "infinite") at optimiser step \(step + 1) "
-                                + "(cls \(camLoss + clsLoss), aux \(auxLoss), seg \(segLoss), ptc \(ptcLoss), fsr class \(fsrClass), fsr patch \(fsrPatch))")
+                                + "(cls \(camLoss + settings.classTokenWeight * clsLoss), aux \(auxLoss), seg \(segLoss), ptc \(ptcLoss), fsr class \(fsrClass), fsr patch \(fsrPatch))")
         }
         let norm = GradientTools.clipByGlobalNorm(trained.map { ($0.grad.data, $0.grad.count) }, maxNorm: settings.optimizer.clipGradNorm)
         guard norm.isFinite else {
