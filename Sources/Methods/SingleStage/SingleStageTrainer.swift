@@ -302,8 +302,11 @@ public final class SingleStageTrainer {
             let dH = Tensor(shape: [B, T, D])
             MaxPooledClassifier.backward(pooled, dLogits: gAux.data, weight: auxHead.value.data, dWeight: auxHead.grad.data, dTokens: dH.data + D)
             dHidden[index] = dH
-            auxScores = MaxPooledClassifier.patchScores(tokens: hidden, batch: B, patches: N, dim: D, imageStride: T * D,
-                                                        weight: auxHead.value.data, classes: C)
+            // Its CAM is read only by PTC's labels and FSR's masking.
+            if settings.ptcWeight > 0 || settings.fsr {
+                auxScores = MaxPooledClassifier.patchScores(tokens: hidden, batch: B, patches: N, dim: D, imageStride: T * D,
+                                                            weight: auxHead.value.data, classes: C)
+            }
         }
         var segLoss = 0.0, labelled = 0.0, ptcLoss = 0.0
         let segmenting = segmentationActive && settings.segWeight > 0
