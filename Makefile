@@ -103,7 +103,7 @@ demo: build pretrained
 
 # Every demo pipeline with training seeds 0, 1 and 2 (same scenes), then mean and standard
 # deviation per summary field: Artifacts/compare/compare.md and compare.json. Seed 0 is the demo's
-# own run (cached after `make demo`); seeds 1 and 2 are a whole demo each (about 3 h on a 2-core Xeon with AVX-512; README "Two commands").
+# own run (cached after `make demo`); seeds 1 and 2 are a whole demo each (about 3 h 52 min on a 2-core Xeon with AVX-512; README "Two commands").
 COMPARE_SEEDS := 0 1 2
 compare: build pretrained
 	@for s in $(COMPARE_SEEDS); do \
