@@ -432,11 +432,13 @@ public final class SingleStageTrainer {
             }
         }
 
-        let loss = camLoss + settings.classTokenWeight * clsLoss + settings.auxWeight * auxLoss + settings.segWeight * segLoss + settings.ptcWeight * ptcLoss
+        // The classification term as reported: the CAM head's loss plus the class token's at its weight.
+        let classification = camLoss + settings.classTokenWeight * clsLoss
+        let loss = classification + settings.auxWeight * auxLoss + settings.segWeight * segLoss + settings.ptcWeight * ptcLoss
             + settings.fsrClassWeight * fsrClass + settings.fsrPatchWeight * fsrPatch
         guard loss.isFinite else {
             throw TrainingError("loss became \(loss.isNaN ? "NaN" : "infinite") at optimiser step \(step + 1) "
-                                + "(cls \(camLoss + settings.classTokenWeight * clsLoss), aux \(auxLoss), seg \(segLoss), ptc \(ptcLoss), fsr class \(fsrClass), fsr patch \(fsrPatch))")
+                                + "(cls \(classification), aux \(auxLoss), seg \(segLoss), ptc \(ptcLoss), fsr class \(fsrClass), fsr patch \(fsrPatch))")
         }
         let norm = GradientTools.clipByGlobalNorm(trained.map { ($0.grad.data, $0.grad.count) }, maxNorm: settings.optimizer.clipGradNorm)
         guard norm.isFinite else {
@@ -450,7 +452,7 @@ public final class SingleStageTrainer {
             ema.update(from: distilled.map { UnsafePointer($0.value.data) }, decay: momentum)
             for (index, t) in teacherParams.enumerated() { t.value.data.update(from: ema.average(of: index).baseAddress!, count: t.value.count) }
         }
-        return StepResult(loss: loss, clsLoss: camLoss + settings.classTokenWeight * clsLoss, segLoss: segLoss, ptcLoss: ptcLoss, auxLoss: auxLoss, fsrClassLoss: fsrClass, fsrPatchLoss: fsrPatch,
+        return StepResult(loss: loss, clsLoss: classification, segLoss: segLoss, ptcLoss: ptcLoss, auxLoss: auxLoss, fsrClassLoss: fsrClass, fsrPatchLoss: fsrPatch,
                           labelledFraction: labelled, maskedFraction: maskedFraction, gradNorm: norm, lr: lr)
     }
 }
